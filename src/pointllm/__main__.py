@@ -1,0 +1,5 @@
+import sys
+
+from pointllm.cli import main
+
+sys.exit(main())
