@@ -95,6 +95,8 @@ class PointLLMConfig(PreTrainedConfig):
     projector_hidden_dims: list[int] | None = None
     projector_act: str = "gelu"
     use_color: bool = True
+    # Points per cloud the model was trained on (the original used 8192).
+    num_points: int = 8192
     mm_use_point_start_end: bool = True
     point_patch_token_id: int | None = None
     point_start_token_id: int | None = None
