@@ -36,6 +36,10 @@ class ConversationError(ValueError):
     """A conversation that cannot be used (bad roles, empty turns, wrong <point> count, too long)."""
 
 
+class ConversationTooLong(ConversationError):
+    """A conversation that does not fit `max_length` even after truncation."""
+
+
 @dataclass
 class TokenizedConversation:
     input_ids: list[int]
@@ -175,9 +179,10 @@ def _render_chat_template(messages, tokenizer, add_generation_prompt) -> list[tu
         reply = full[len(prompt) :]
         # Supervise the reply up to and including its end-of-turn token; trailing template
         # whitespace after it is prompt for the next turn.
-        end = (
-            reply.find(eos, reply.find(message["content"]) + len(message["content"])) if eos else -1
-        )
+        # (A template that rewrites the content, e.g. strips it, is searched from the start.)
+        content_at = reply.find(message["content"])
+        after_content = content_at + len(message["content"]) if content_at >= 0 else 0
+        end = reply.find(eos, after_content) if eos else -1
         if end >= 0:
             cut = end + len(eos)
             segments.append((reply[:cut], True))
@@ -226,7 +231,7 @@ def tokenize_conversation(
         text = "".join(t for t, _ in segments)
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
         if max_length is not None and len(ids) > max_length:
-            raise ConversationError(
+            raise ConversationTooLong(
                 f"too long: the prompt has {len(ids)} tokens > max length {max_length}"
             )
         return TokenizedConversation(ids, [IGNORE_INDEX] * len(ids), False, segments)
@@ -236,8 +241,9 @@ def tokenize_conversation(
     if template == "vicuna_v1_1" and tokenizer.bos_token_id is not None:
         input_ids.append(tokenizer.bos_token_id)
         labels.append(IGNORE_INDEX)
-    for text, supervised in segments:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    # One batched call: a tokenizer call costs far more than the few tokens of each segment.
+    encoded = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
+    for (text, supervised), ids in zip(segments, encoded, strict=True):
         input_ids.extend(ids)
         labels.extend(ids if supervised else [IGNORE_INDEX] * len(ids))
         if protected_prefix_text and protected_prefix_text in text:
@@ -245,11 +251,13 @@ def tokenize_conversation(
     truncated = False
     if max_length is not None and len(input_ids) > max_length:
         if protected_end > max_length:
-            raise ConversationError(
+            raise ConversationTooLong(
                 f"too long: the point block alone ends at token {protected_end} > max length {max_length}"
             )
         input_ids, labels, truncated = input_ids[:max_length], labels[:max_length], True
     result = TokenizedConversation(input_ids, labels, truncated, segments)
     if not add_generation_prompt and result.num_supervised == 0:
-        raise ConversationError(f"too long: no reply token is left within max length {max_length}")
+        raise ConversationTooLong(
+            f"too long: no reply token is left within max length {max_length}"
+        )
     return result
