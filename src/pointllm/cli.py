@@ -16,6 +16,7 @@ import warnings
 COMMAND_MODULES = (
     "pointllm.demo",
     "pointllm.data.commands",
+    "pointllm.model.commands",
 )
 
 

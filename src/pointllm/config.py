@@ -33,6 +33,12 @@ LEGACY_BACKBONE_NAMES = {
     "PointTransformer_8192point_2layer": "v1.2",
     "PointTransformer_base_8192point": "v1.1",
 }
+# Token-name keys of original configs, with the only values pointllm's prompts use.
+LEGACY_TOKEN_KEYS = {
+    "DEFAULT_POINT_PATCH_TOKEN": POINT_PATCH_TOKEN,
+    "DEFAULT_POINT_START_TOKEN": POINT_START_TOKEN,
+    "DEFAULT_POINT_END_TOKEN": POINT_END_TOKEN,
+}
 TEMPLATES = ("chat_template", "vicuna_v1_1")
 
 
@@ -130,16 +136,40 @@ class PointLLMConfig(PreTrainedConfig):
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
 
     def _absorb_legacy_layout(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Build sub-configs from an original PointLLM config.json (flat Llama fields)."""
+        """Build sub-configs from an original PointLLM config.json (flat Llama fields).
+
+        The original-only keys are consumed here, so a converted checkpoint does not carry them:
+        `point_backbone_ckpt` names a file on the authors' machines, and the architecture name is
+        that of the original class.
+        """
         from transformers import LlamaConfig
 
-        llama_fields = set(LlamaConfig.default_config_fields()) | {"rope_theta", "rope_scaling"}
+        backbone = kwargs.pop("point_backbone", "PointBERT")
+        if backbone != "PointBERT":
+            raise ValueError(f"point_backbone {backbone!r} is not supported; only 'PointBERT' is")
+        for key, ours in LEGACY_TOKEN_KEYS.items():
+            theirs = kwargs.pop(key, ours)
+            if theirs != ours:
+                raise ValueError(f"{key} is {theirs!r}; pointllm supports only {ours!r}")
+        kwargs.pop("point_backbone_ckpt", None)
+        kwargs.pop("architectures", None)
+        # pad/head_dim/num_key_value_heads/rope_* are not among LlamaConfig's default fields in
+        # transformers 5 but belong to the language model all the same.
+        llama_fields = set(LlamaConfig.default_config_fields()) | {
+            "pad_token_id",
+            "head_dim",
+            "num_key_value_heads",
+            "rope_theta",
+            "rope_scaling",
+        }
         text = {k: kwargs.pop(k) for k in list(kwargs) if k in llama_fields}
-        text.pop("architectures", None)
+        # The published configs were saved by the training run with use_cache=false; inference
+        # (the original chat passes use_cache=True) wants the KV cache.
+        text["use_cache"] = True
         self.text_config = LlamaConfig(**text)
         self.template = "vicuna_v1_1"
-        self.use_color = bool(kwargs.get("use_color", True))
-        name = kwargs.get("point_backbone_config_name", "PointTransformer_8192point_2layer")
+        # The original code's default when the key is absent (v1.2).
+        name = kwargs.pop("point_backbone_config_name", "PointTransformer_8192point_2layer")
         if name not in LEGACY_BACKBONE_NAMES:
             raise ValueError(
                 f"unknown point_backbone_config_name {name!r}; known: {sorted(LEGACY_BACKBONE_NAMES)}"
@@ -149,7 +179,6 @@ class PointLLMConfig(PreTrainedConfig):
             preset, point_dims=6 if self.use_color else 3
         )
         self.projector_hidden_dims = list(PROJECTOR_PRESETS[preset])
-        self.mm_use_point_start_end = bool(kwargs.get("mm_use_point_start_end", True))
         return kwargs
 
     @property

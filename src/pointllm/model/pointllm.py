@@ -81,6 +81,18 @@ class PointLLMForCausalLM(PointLLMPreTrainedModel):
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a checkpoint of ours, or an original PointLLM one (flat Llama config.json, original
+        weight names), which `pointllm.model.legacy` reads."""
+        from pointllm.model import legacy
+
+        if pretrained_model_name_or_path is not None and legacy.is_original_checkpoint(
+            pretrained_model_name_or_path
+        ):
+            return legacy.from_pretrained_original(pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
     def from_backbone(
         cls,
         llm_name_or_path: str | os.PathLike,
@@ -326,11 +338,17 @@ def load_pointllm(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[PointLLMForCausalLM, PreTrainedTokenizerBase]:
-    """Load a checkpoint written by `save_pointllm` (model in eval mode, and its tokenizer)."""
+    """Load a checkpoint written by `save_pointllm`, or an original PointLLM one (model in eval
+    mode, and its tokenizer)."""
     from pathlib import Path
+
+    from pointllm.model import legacy
 
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a PointLLM checkpoint directory (no config.json)")
+    if legacy.is_original_checkpoint(path):
+        model, tokenizer = legacy.load_original(path, dtype=dtype, device=device)
+        return model.eval(), tokenizer
     model = PointLLMForCausalLM.from_pretrained(path, dtype=dtype or "auto")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
