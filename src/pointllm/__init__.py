@@ -12,6 +12,7 @@ _LAZY = {
     "PointLLMConfig": "pointllm.config",
     "PointBertEncoder": "pointllm.model.encoder",
     "PointLLMForCausalLM": "pointllm.model.pointllm",
+    "load": "pointllm.infer.api",
 }
 
 if TYPE_CHECKING:

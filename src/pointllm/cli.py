@@ -16,7 +16,10 @@ import warnings
 COMMAND_MODULES = (
     "pointllm.demo",
     "pointllm.data.commands",
+    "pointllm.eval.commands",
+    "pointllm.infer.commands",
     "pointllm.model.commands",
+    "pointllm.serve.commands",
 )
 
 

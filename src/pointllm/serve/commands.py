@@ -1,0 +1,86 @@
+"""`pointllm serve`: the OpenAI-compatible HTTP API, and with --ui the web demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pointllm.serve import (
+    API_KEY_ENV,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_REQUEST_MB,
+    DEFAULT_PORT,
+)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pointllm.serve.app import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        allowed_dirs=args.allowed_dir,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        max_batch=args.max_batch,
+        max_request_mb=args.max_request_mb,
+        max_new_tokens=args.max_new_tokens,
+        ui=args.ui,
+        device=args.device,
+        dtype=args.dtype,
+        quantize=args.quantize,
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over an OpenAI-compatible HTTP API (and a web demo)",
+        description="Serve a PointLLM checkpoint: POST /v1/chat/completions (OpenAI's format; "
+        "point clouds as base64 .npy/.ply bytes or as paths inside --allowed-dir), GET /v1/models, "
+        "GET /health; with --ui, a web demo at /ui.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on ({DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    p.add_argument(
+        "--allowed-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory whose files requests may name by point_cloud.path (repeatable; "
+        "without it, only uploaded bytes are accepted)",
+    )
+    p.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; none: open)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"most requests generated together in one batch ({DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_MB,
+        help=f"largest request body in MiB; larger ones get 413 ({DEFAULT_MAX_REQUEST_MB:g})",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help="answer length for requests without max_tokens, and in the web demo "
+        f"({DEFAULT_MAX_NEW_TOKENS})",
+    )
+    p.add_argument("--ui", action="store_true", help="also serve the web demo at /ui")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (auto)")
+    p.add_argument(
+        "--quantize", choices=("8bit", "4bit"), help="bitsandbytes quantization (CUDA only)"
+    )
+    p.set_defaults(func=_serve)
