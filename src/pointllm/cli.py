@@ -20,6 +20,9 @@ COMMAND_MODULES = (
     "pointllm.infer.commands",
     "pointllm.model.commands",
     "pointllm.serve.commands",
+    "pointllm.train.commands",
+    "pointllm.doctor",
+    "pointllm.hpc",
 )
 
 

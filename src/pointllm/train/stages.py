@@ -1,0 +1,143 @@
+"""What each training stage starts from and which parameters it trains.
+
+Stage 1 aligns points to a frozen LLM: the projector and the `<point_start>`/`<point_end>` input
+embeddings learn. Stage 2 instruction-tunes: the LLM learns too. The point encoder stays frozen
+(BatchNorm in eval mode) unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pointllm.config import PROJECTOR_PRESETS, PointBertConfig
+from pointllm.model.pointllm import PointLLMForCausalLM, load_pointllm
+from pointllm.train.args import ArgumentError, DataArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Which parts receive full-parameter updates (LoRA adapters are added separately)."""
+
+    encoder: bool
+    projector: bool
+    llm: bool
+    point_tokens: bool
+
+
+def stage_plan(model_args: ModelArguments) -> StagePlan:
+    """The trainable parts for the stage and the fix_llm / fix_pointnet overrides. With LoRA the
+    LLM's own weights stay frozen: only its adapters learn."""
+    return StagePlan(
+        encoder=model_args.fix_pointnet is False,
+        projector=True,
+        llm=model_args.llm_trainable and not model_args.lora_r,
+        point_tokens=True,
+    )
+
+
+def apply_plan(model: PointLLMForCausalLM, plan: StagePlan) -> None:
+    """Set requires_grad per part; trainable parameters stored in half precision move to float32
+    so the optimizer updates full-precision master weights (autocast does the low-precision math)."""
+    model.set_trainable(
+        encoder=plan.encoder, projector=plan.projector, llm=plan.llm, point_tokens=plan.point_tokens
+    )
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+
+
+def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def is_pointllm_checkpoint(path: str | Path) -> bool:
+    """A directory whose config.json says `model_type: pointllm` (ours or the original's)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "pointllm"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _torch_dtype(name: str) -> torch.dtype | str:
+    return name if name == "auto" else getattr(torch, name)
+
+
+def build_model(
+    model_args: ModelArguments, data_args: DataArguments, llm_kwargs: dict | None = None
+) -> tuple[PointLLMForCausalLM, object]:
+    """The model and tokenizer a run starts from: a new PointLLM on an LLM (stage 1), or a
+    PointLLM checkpoint such as a stage-1 output (stage 2). `llm_kwargs` go to `from_pretrained`
+    (quantization). An optional Point-BERT checkpoint replaces the encoder weights."""
+    from pointllm.model.backbones import resolve_backbone
+
+    source = resolve_backbone(model_args.model_name_or_path)
+    dtype = _torch_dtype(model_args.dtype)
+    if is_pointllm_checkpoint(source):
+        model, tokenizer = _continue_from_checkpoint(
+            source, model_args, data_args, dtype, llm_kwargs
+        )
+    else:
+        model, tokenizer = _new_model(source, model_args, data_args, dtype, llm_kwargs)
+    if model_args.point_backbone_ckpt:
+        model.point_backbone.load_original_checkpoint(model_args.point_backbone_ckpt)
+    elif not is_pointllm_checkpoint(source):
+        logger.warning(
+            "no --point_backbone_ckpt: the point encoder keeps its random initialisation"
+        )
+    if data_args.num_points is not None:
+        model.config.num_points = data_args.num_points
+    # No KV cache while training (it is useless there and conflicts with checkpointing).
+    model.language_model.config.use_cache = False
+    return model.train(), tokenizer
+
+
+def _new_model(source, model_args, data_args, dtype, llm_kwargs):
+    use_color = True if data_args.use_color is None else data_args.use_color
+    preset = model_args.point_backbone or "v1.2"
+    point_config = PointBertConfig.from_preset(
+        preset, point_dims=6 if use_color else 3, **model_args.encoder_overrides()
+    )
+    hidden = model_args.projector_hidden_dims
+    return PointLLMForCausalLM.from_backbone(
+        source,
+        point_config,
+        projector_hidden_dims=PROJECTOR_PRESETS[preset] if hidden is None else hidden,
+        mm_use_point_start_end=model_args.mm_use_point_start_end,
+        template=model_args.template or "chat_template",
+        dtype=dtype,
+        **(llm_kwargs or {}),
+    )
+
+
+def _continue_from_checkpoint(source, model_args, data_args, dtype, llm_kwargs):
+    fixed = sorted(model_args.encoder_overrides())
+    if model_args.point_backbone or fixed or model_args.projector_hidden_dims is not None:
+        raise ArgumentError(
+            f"{source} is a PointLLM checkpoint: its encoder and projector sizes are fixed; drop "
+            f"--point_backbone/--projector_hidden_dims/{'/'.join('--' + k for k in fixed) or '...'}"
+        )
+    if llm_kwargs:
+        from transformers import AutoTokenizer
+
+        model = PointLLMForCausalLM.from_pretrained(source, dtype=dtype, **llm_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    else:
+        model, tokenizer = load_pointllm(source, dtype=dtype)
+    if data_args.use_color is not None and data_args.use_color != model.config.use_color:
+        raise ArgumentError(
+            f"--use_color {data_args.use_color} but the checkpoint {source} was built with "
+            f"use_color={model.config.use_color}"
+        )
+    if model_args.template is not None:
+        model.config.template = model_args.template
+    return model, tokenizer
