@@ -649,6 +649,23 @@ def test_init_folder_starts_stage_one_as_the_original_recipe(tmp_path):
     assert 0.015 < float(last.weight.detach().std()) < 0.025  # N(0, initializer_range = 0.02)
 
 
+def test_stage_one_training_starts_from_an_init_folder(tmp_path):
+    from pointllm.train.args import DataArguments, ModelArguments
+    from pointllm.train.stages import build_model
+
+    directory = tmp_path / "PointLLM_7B_v1.1_init"
+    parts, llm_state = write_init_folder(directory)
+    model, tokenizer = build_model(
+        ModelArguments(model_name_or_path=str(directory), stage=1), DataArguments()
+    )
+    assert model.config.template == "vicuna_v1_1"
+    assert len(tokenizer) == len(build_tokenizer(with_point_tokens=False)) + 3
+    for key, tensor in parts.encoder.state_dict().items():
+        assert torch.equal(model.point_backbone.state_dict()[key], tensor), key
+    own = model.language_model.state_dict()
+    assert torch.equal(own["model.norm.weight"], llm_state["model.norm.weight"])
+
+
 def test_an_init_folder_is_not_a_model_to_chat_with(tmp_path):
     directory = tmp_path / "init"
     write_init_folder(directory)

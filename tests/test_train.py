@@ -419,11 +419,11 @@ def test_lora_trains_adapters_and_projector_resumes_and_saves_adapter_or_merged(
     files = {p.name for p in adapter.output_dir.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "pointllm_adapter.json"} <= files
     assert "config.json" not in files and "model.safetensors" not in files
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_pointllm(adapter.output_dir)
     restored, _ = load_lora_adapter(adapter.output_dir)
+    by_path, _ = load_pointllm(adapter.output_dir)  # what chat/eval/serve call with the path
     with torch.no_grad():
         assert torch.equal(restored(**batch).logits, adapter_run.logits)
+        assert torch.equal(by_path(**batch).logits, adapter_run.logits)
 
     # Merged run: the same three steps straight, then folded into the weights and saved in full.
     merged_run = Capture(batch)

@@ -124,6 +124,10 @@ def _check_checkpoint_dir(path: Path) -> None:
     """Fail early, naming the path, when it is not a PointLLM checkpoint directory."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    from pointllm.model.pointllm import LORA_ADAPTER_INFO
+
+    if (path / LORA_ADAPTER_INFO).is_file():
+        return  # a LoRA run's output: load_pointllm rebuilds it on its recorded base
     config_file = path / "config.json"
     if not path.is_dir() or not config_file.is_file():
         raise FileNotFoundError(f"{path}: not a PointLLM checkpoint directory (no config.json)")

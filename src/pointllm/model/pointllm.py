@@ -32,7 +32,8 @@ from pointllm.config import (
 from pointllm.model.encoder import PointBertEncoder
 from pointllm.model.projector import PointProjector
 
-PARTS = ("encoder", "projector", "llm")
+# Marks a LoRA run's output directory (adapter weights + the base they apply to).
+LORA_ADAPTER_INFO = "pointllm_adapter.json"
 
 
 class PointLLMPreTrainedModel(PreTrainedModel):
@@ -344,6 +345,13 @@ def load_pointllm(
 
     from pointllm.model import legacy
 
+    if (Path(path) / LORA_ADAPTER_INFO).is_file():
+        from pointllm.train.lora import load_lora_adapter
+
+        model, tokenizer = load_lora_adapter(path, dtype=dtype)
+        if device is not None:
+            model.to(device)
+        return model.eval(), tokenizer
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a PointLLM checkpoint directory (no config.json)")
     if legacy.is_original_checkpoint(path):

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pointllm.model.pointllm import LORA_ADAPTER_INFO as ADAPTER_INFO
 from pointllm.model.pointllm import PointLLMForCausalLM
 from pointllm.train.args import ArgumentError, ModelArguments
 
-ADAPTER_INFO = "pointllm_adapter.json"
 POINT_MODULES_FILE = "point_modules.safetensors"
 POINTLLM_CONFIG_FILE = "pointllm_config.json"
 LLM_PREFIX = "language_model."

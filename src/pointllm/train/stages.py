@@ -78,17 +78,24 @@ def build_model(
     """The model and tokenizer a run starts from: a new PointLLM on an LLM (stage 1), or a
     PointLLM checkpoint such as a stage-1 output (stage 2). `llm_kwargs` go to `from_pretrained`
     (quantization). An optional Point-BERT checkpoint replaces the encoder weights."""
+    from pointllm.model import legacy
     from pointllm.model.backbones import resolve_backbone
 
     source = resolve_backbone(model_args.model_name_or_path)
     dtype = _torch_dtype(model_args.dtype)
-    if is_pointllm_checkpoint(source):
+    if legacy.is_init_folder(source):
+        # An original `*_v1.x_init` folder: its LLM plus the Point-BERT checkpoint it names (or
+        # --point_backbone_ckpt), ready for stage 1 as the original recipe starts it.
+        model, tokenizer = legacy.load_init_folder(
+            source, point_bert_ckpt=model_args.point_backbone_ckpt, dtype=dtype
+        )
+    elif is_pointllm_checkpoint(source):
         model, tokenizer = _continue_from_checkpoint(
             source, model_args, data_args, dtype, llm_kwargs
         )
     else:
         model, tokenizer = _new_model(source, model_args, data_args, dtype, llm_kwargs)
-    if model_args.point_backbone_ckpt:
+    if model_args.point_backbone_ckpt and not legacy.is_init_folder(source):
         model.point_backbone.load_original_checkpoint(model_args.point_backbone_ckpt)
     elif not is_pointllm_checkpoint(source):
         logger.warning(
