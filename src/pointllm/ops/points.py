@@ -55,10 +55,16 @@ def _check_cloud(name: str, tensor: torch.Tensor, *, xyz_only: bool) -> None:
         raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise ValueError(f"{name} must be a floating point tensor, got {tensor.dtype}")
-    if tensor.shape[1] == 0:
-        raise ValueError(f"{name} has no points (shape {tuple(tensor.shape)})")
-    if not bool(torch.isfinite(tensor).all()):
+    if tensor.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)})")
+    if not _all_finite(tensor):
         raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether a non-empty tensor has no NaN/Inf; min/max propagate both, ~10x faster than isfinite."""
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _check_count(name: str, value: int, num_points: int) -> None:
@@ -97,12 +103,16 @@ def normalize_point_cloud(points: torch.Tensor | np.ndarray) -> torch.Tensor | n
         # torch.tensor copies, so read-only (e.g. memory-mapped) arrays are fine.
         return normalize_point_cloud(torch.tensor(points)).numpy()
     if not isinstance(points, torch.Tensor):
-        raise ValueError(f"points must be a torch.Tensor or numpy array, got {type(points).__name__}")
-    if points.ndim < 2 or points.shape[-1] < 3 or points.shape[-2] == 0:
-        raise ValueError(f"points must have shape (..., N, C) with N >= 1, C >= 3, got {tuple(points.shape)}")
+        raise ValueError(
+            f"points must be a torch.Tensor or numpy array, got {type(points).__name__}"
+        )
+    if points.ndim < 2 or points.shape[-1] < 3 or points.numel() == 0:
+        raise ValueError(
+            f"points must have shape (..., N, C), non-empty, C >= 3, got {tuple(points.shape)}"
+        )
     if not points.is_floating_point():
         raise ValueError(f"points must be floating point, got {points.dtype}")
-    if not bool(torch.isfinite(points).all()):
+    if not _all_finite(points):
         raise ValueError("points contain NaN or Inf values")
     xyz = points[..., :3]
     xyz = xyz - xyz.mean(dim=-2, keepdim=True)
@@ -150,7 +160,7 @@ def _kdline_start_position(xyz: np.ndarray, point: int, height: int) -> int:
     `height` or at single points) along the path of `point` only, and returns its final position.
     The caller checks the first sampled index, so a mismatch can only cost speed, never results.
     """
-    coords = xyz.T.copy()  # (3, n) of the current node, in tree-build order; swapped in place
+    coords = np.ascontiguousarray(xyz.T)  # (3, n): the current node in tree-build order
     offset, pos = 0, point
     for _ in range(height):
         n = coords.shape[1]
@@ -162,22 +172,31 @@ def _kdline_start_position(xyz: np.ndarray, point: int, height: int) -> int:
         split = np.add.accumulate(values)[-1] / np.float32(n)
         below = values < split  # (n,)
         count = int(np.count_nonzero(below))
-        # Hoare partition: the k-th misplaced element from the left swaps with the k-th from the
-        # right; these are exactly the >= split values before `count` and the < split ones after.
+        if count in (0, n):
+            # Nothing moves; fpsample still splits off one point to avoid an empty child.
+            size = 1 if count == 0 else n - 1
+            if pos < size:
+                coords = coords[:, :size]
+            else:
+                coords, offset, pos = coords[:, size:], offset + size, pos - size
+            continue
+        # Hoare partition: the k-th misplaced value from the left (>= split, before `count`)
+        # swaps with the k-th misplaced value from the right (< split, from `count` on).
         left_bad = np.flatnonzero(~below[:count])
         right_bad = np.flatnonzero(below[count:])[::-1] + count
-        if left_bad.size:
-            coords[:, left_bad], coords[:, right_bad] = coords[:, right_bad], coords[:, left_bad]
-            if pos < count and not below[pos]:
-                pos = int(right_bad[np.searchsorted(left_bad, pos)])
-            elif pos >= count and below[pos]:
-                pos = int(left_bad[np.searchsorted(-right_bad, -pos)])
-        # fpsample never makes an empty child.
-        size = 1 if count == 0 else (n - 1 if count == n else count)
-        if pos < size:
-            coords = coords[:, :size]
+        if pos < count and not below[pos]:
+            pos = int(right_bad[np.searchsorted(left_bad, pos)])
+        elif pos >= count and below[pos]:
+            pos = int(left_bad[np.searchsorted(-right_bad, -pos)])
+        # Build only the child that holds the point, in its post-swap order.
+        if pos < count:
+            child = coords[:, :count].copy()
+            child[:, left_bad] = coords[:, right_bad]
         else:
-            coords, offset, pos = coords[:, size:], offset + size, pos - size
+            child = coords[:, count:].copy()
+            child[:, right_bad - count] = coords[:, left_bad]
+            offset, pos = offset + count, pos - count
+        coords = child
     return offset + pos
 
 
@@ -205,7 +224,9 @@ def _fps_fpsample(xyz: torch.Tensor, num_samples: int, start_idx: torch.Tensor) 
     """
     clouds = xyz.detach().to(torch.float32).contiguous().numpy()  # (B, N, 3)
     starts = start_idx.tolist()
-    rows = _map_clouds(lambda b: _fps_one_cloud_fpsample(clouds[b], num_samples, starts[b]), len(starts))
+    rows = _map_clouds(
+        lambda b: _fps_one_cloud_fpsample(clouds[b], num_samples, starts[b]), len(starts)
+    )
     return torch.from_numpy(np.stack(rows))
 
 
@@ -222,10 +243,18 @@ def farthest_point_sample(
     _check_cloud("xyz", xyz, xyz_only=True)
     batch, num_points, _ = xyz.shape
     _check_count("num_samples", num_samples, num_points)
+    start_idx = None
     if random_start:
         start_idx = torch.randint(0, num_points, (batch,), device=xyz.device)
-    else:
-        start_idx = torch.zeros(batch, dtype=torch.long, device=xyz.device)
+    return _farthest_point_sample(xyz, num_samples, start_idx)
+
+
+def _farthest_point_sample(
+    xyz: torch.Tensor, num_samples: int, start_idx: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`farthest_point_sample` on validated input: pick the backend. start_idx (B,), default 0."""
+    if start_idx is None:
+        start_idx = torch.zeros(xyz.shape[0], dtype=torch.long, device=xyz.device)
     if xyz.is_cuda and triton_fps.supports(xyz):
         try:
             return triton_fps.farthest_point_sample_triton(xyz, num_samples, start_idx)
@@ -283,11 +312,14 @@ def _knn_kdtree(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tens
     queries = query.detach().cpu().numpy()  # (B, S, 3)
     clouds = points.detach().cpu().numpy()  # (B, N, 3)
     batch, num_queries, _ = queries.shape
+    # A single cloud splits its queries over the threads instead.
+    workers = torch.get_num_threads() if batch == 1 else 1
 
     def one(b: int) -> np.ndarray:
-        # Unbalanced, uncompacted trees build ~2x faster and query as fast on 8192 points.
-        tree = cKDTree(clouds[b], balanced_tree=False, compact_nodes=False)
-        return tree.query(queries[b], k=k)[1].reshape(num_queries, k)
+        # Measured on 8192-point clouds, 512 queries: unbalanced, uncompacted trees build ~1.7x
+        # faster and query nearly as fast; leaves of 32 points are ~5% faster than 16.
+        tree = cKDTree(clouds[b], leafsize=32, balanced_tree=False, compact_nodes=False)
+        return tree.query(queries[b], k=k, workers=workers)[1].reshape(num_queries, k)
 
     return torch.from_numpy(np.stack(_map_clouds(one, batch)).astype(np.int64))
 
@@ -306,6 +338,11 @@ def knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
             f"{points.device} must share batch size and device"
         )
     _check_count("k", k, points.shape[1])
+    return _knn(query, points, k)
+
+
+def _knn(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    """`knn` on validated input: pick the backend."""
     if points.device.type == "cpu" and cKDTree is not None:
         return _knn_kdtree(query, points, k)
     return _knn_torch(query, points.to(query.dtype), k)
@@ -334,15 +371,19 @@ def _group_with(
     sample: Callable[[torch.Tensor, int], torch.Tensor],
     neighbours: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Point-BERT grouping with the given FPS and kNN functions; see `group_points`."""
+    """Point-BERT grouping with the given FPS and kNN functions; see `group_points`.
+
+    Validates once here; `sample` and `neighbours` get clean input.
+    """
     _check_cloud("points", points, xyz_only=False)
     _check_count("num_group", num_group, points.shape[1])
     _check_count("group_size", group_size, points.shape[1])
     xyz = points[..., :3].contiguous()  # (B, N, 3)
     centers = gather_points(xyz, sample(xyz, num_group))  # (B, G, 3)
     neighborhood = gather_points(points, neighbours(centers, xyz, group_size))  # (B, G, K, C)
-    rel_xyz = neighborhood[..., :3] - centers.unsqueeze(2)  # (B, G, K, 3)
-    return torch.cat([rel_xyz, neighborhood[..., 3:]], dim=-1), centers
+    # In place on the freshly gathered tensor (gather's backward does not need its output).
+    neighborhood[..., :3] -= centers.unsqueeze(2)
+    return neighborhood, centers
 
 
 def group_points(
@@ -354,12 +395,13 @@ def group_points(
     relative to its center and whose other channels are unchanged, and centers (B, G, 3).
     Neighbours are ordered nearest first, so each group starts with its center.
     """
-    return _group_with(points, num_group, group_size, farthest_point_sample, knn)
+    return _group_with(points, num_group, group_size, _farthest_point_sample, _knn)
 
 
 def group_points_reference(
     points: torch.Tensor, num_group: int, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`group_points` with the naive reference FPS and kNN of the original PointLLM."""
-    return _group_with(points, num_group, group_size, farthest_point_sample_reference, knn_reference)
-
+    return _group_with(
+        points, num_group, group_size, farthest_point_sample_reference, knn_reference
+    )

@@ -1,0 +1,358 @@
+"""Point ops: every backend against the naive references of the original PointLLM, plus errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pointllm.ops import (
+    farthest_point_sample,
+    farthest_point_sample_reference,
+    gather_points,
+    group_points,
+    group_points_reference,
+    knn,
+    knn_reference,
+    normalize_point_cloud,
+    triton_fps,
+)
+from pointllm.ops import points as ops
+
+needs_fpsample = pytest.mark.skipif(ops.fpsample is None, reason="fpsample not installed")
+needs_scipy = pytest.mark.skipif(ops.cKDTree is None, reason="scipy not installed")
+
+# (B, N, S): includes N = S, a single point, sizes below and above fpsample's tree buckets.
+FPS_CASES = [(1, 1, 1), (2, 2, 2), (3, 50, 50), (4, 300, 37), (2, 1000, 64), (1, 2048, 128)]
+KNN_CASES = [(1, 1, 1, 1), (2, 40, 5, 40), (3, 300, 37, 16), (2, 1024, 64, 32)]  # (B, N, S, k)
+DTYPES = [torch.float32, torch.float64]
+
+
+def cloud(
+    batch: int, num_points: int, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> torch.Tensor:
+    """Random continuous xyz (B, N, 3): no ties in distances."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, num_points, 3, generator=gen, dtype=dtype)
+
+
+def fps_backends() -> list:
+    """(name, fn(xyz, S, start) -> (B, S)) for every FPS backend usable on CPU here."""
+    found = [("dispatch", lambda xyz, s, start: farthest_point_sample(xyz, s))]
+    if ops.fpsample is not None:
+        found.append(("fpsample", ops._fps_fpsample))
+    return found
+
+
+def knn_backends() -> list:
+    """(name, fn(query, points, k) -> (B, S, k)) for every kNN backend usable on CPU here."""
+    found = [
+        ("dispatch", knn),
+        ("torch", ops._knn_torch),
+        # A tiny memory bound forces one query per chunk.
+        ("torch-chunked", lambda q, p, k: ops._knn_torch(q, p, k, chunk_bytes=1)),
+    ]
+    if ops.cKDTree is not None:
+        found.append(("cKDTree", ops._knn_kdtree))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# normalize_point_cloud
+
+
+def original_pc_norm(pc: np.ndarray) -> np.ndarray:
+    """The original PointLLM's `pc_norm`, verbatim in behaviour."""
+    xyz = pc[:, :3] - np.mean(pc[:, :3], axis=0)
+    m = np.max(np.sqrt(np.sum(xyz**2, axis=1)))
+    return np.concatenate((xyz / m, pc[:, 3:]), axis=1)
+
+
+def test_normalize_matches_original_on_numpy_and_keeps_type():
+    rng = np.random.default_rng(0)
+    pc = np.concatenate([rng.normal(5.0, 3.0, (200, 3)), rng.uniform(0, 1, (200, 3))], axis=1)
+    for dtype in (np.float32, np.float64):
+        out = normalize_point_cloud(pc.astype(dtype))
+        assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == pc.shape
+        np.testing.assert_allclose(out, original_pc_norm(pc), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out[:, 3:], pc[:, 3:].astype(dtype))  # rgb untouched
+
+
+def test_normalize_torch_batched_unit_sphere_and_readonly_numpy():
+    points = torch.cat([torch.randn(2, 3, 100, 3) * 7 + 2, torch.rand(2, 3, 100, 3)], dim=-1)
+    out = normalize_point_cloud(points)
+    assert isinstance(out, torch.Tensor) and out.shape == points.shape
+    torch.testing.assert_close(out[..., :3].mean(-2), torch.zeros(2, 3, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[..., :3].norm(dim=-1).amax(-1), torch.ones(2, 3))
+    assert torch.equal(out[..., 3:], points[..., 3:])
+    readonly = points[0, 0].numpy().copy()
+    readonly.setflags(write=False)
+    np.testing.assert_allclose(
+        normalize_point_cloud(readonly), out[0, 0].numpy(), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_normalize_degenerate_cloud_goes_to_origin():
+    points = torch.tensor([[[1.0, 2.0, 3.0, 0.5, 0.5, 0.5]] * 4])
+    out = normalize_point_cloud(points)
+    assert torch.equal(out[..., :3], torch.zeros(1, 4, 3))
+    assert torch.equal(out[..., 3:], points[..., 3:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Farthest point sampling
+
+
+def test_fps_reference_is_farthest_point_sampling():
+    """Independent check of the reference: each pick maximises the distance to those before."""
+    xyz = cloud(2, 200, torch.float64)
+    idx = farthest_point_sample_reference(xyz, 20)
+    assert idx[:, 0].tolist() == [0, 0]
+    for b in range(2):
+        for i in range(1, 20):
+            chosen = xyz[b, idx[b, :i]]  # (i, 3)
+            min_dist = torch.cdist(xyz[b], chosen).amin(-1)  # (N,)
+            assert min_dist[idx[b, i]] == min_dist.max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "num_points", "num_samples"), FPS_CASES)
+def test_fps_backends_match_reference(batch, num_points, num_samples, dtype):
+    xyz = cloud(batch, num_points, dtype, seed=num_points)
+    expected = farthest_point_sample_reference(xyz, num_samples)
+    start = torch.zeros(batch, dtype=torch.long)
+    for name, fn in fps_backends():
+        got = fn(xyz, num_samples, start)
+        assert got.dtype == torch.int64 and got.shape == (batch, num_samples), name
+        assert torch.equal(got, expected), name
+
+
+@needs_fpsample
+def test_fps_fpsample_from_any_start_and_random_start():
+    xyz = cloud(4, 700, seed=3)
+    start = torch.tensor([0, 699, 350, 17])
+    expected = farthest_point_sample_reference(xyz, 40, start)
+    assert torch.equal(ops._fps_fpsample(xyz, 40, start), expected)
+
+    torch.manual_seed(5)
+    got = farthest_point_sample(xyz, 40, random_start=True)
+    torch.manual_seed(5)
+    drawn = torch.randint(0, 700, (4,))
+    assert torch.equal(got[:, 0], drawn)
+    assert torch.equal(got, farthest_point_sample_reference(xyz, 40, drawn))
+
+
+@needs_fpsample
+def test_fps_fpsample_tree_replay_finds_the_start_on_awkward_clouds():
+    """The replayed KD-line build must put QuickFPS's start on our point, with no fallback."""
+    rng = np.random.default_rng(0)
+    clouds = [
+        rng.normal(size=(4096, 3)).astype(np.float32),
+        np.round(rng.normal(size=(2000, 3)), 1).astype(np.float32),  # many duplicates
+        np.concatenate([np.zeros((500, 1)), rng.normal(size=(500, 2))], 1).astype(np.float32),
+        (rng.normal(size=(333, 3)) * [100.0, 1e-3, 1.0]).astype(np.float32),
+        # Nodes of identical points: fpsample splits one point off without partitioning.
+        np.concatenate([np.ones((300, 3)), rng.normal(size=(3, 3))]).astype(np.float32),
+    ]
+    for xyz in clouds:
+        for start in (0, len(xyz) // 2, len(xyz) - 1):
+            position = ops._kdline_start_position(xyz, start, 5)
+            idx = ops.fpsample.bucket_fps_kdline_sampling(xyz, 8, h=5, start_idx=position)
+            assert idx[0] == start
+
+
+@needs_fpsample
+def test_fps_fpsample_falls_back_to_exact_fps_when_the_start_is_wrong(monkeypatch):
+    xyz = cloud(2, 500, seed=4)
+    monkeypatch.setattr(ops, "_kdline_start_position", lambda xyz, point, height: point + 1)
+    start = torch.zeros(2, dtype=torch.long)
+    assert torch.equal(ops._fps_fpsample(xyz, 30, start), farthest_point_sample_reference(xyz, 30))
+
+
+def test_fps_duplicated_points_give_unique_indices():
+    """40 distinct points, each present 3 times in shuffled order: 40 samples hit each once."""
+    gen = torch.Generator().manual_seed(1)
+    distinct = torch.randn(40, 3, generator=gen)
+    order = torch.randperm(120, generator=gen)
+    xyz = distinct.repeat(3, 1)[order].unsqueeze(0)  # (1, 120, 3)
+    start = torch.zeros(1, dtype=torch.long)
+    backends = [("reference", farthest_point_sample_reference), *fps_backends()]
+    for name, fn in backends:
+        idx = fn(xyz, 40, start)[0]
+        assert idx.unique().numel() == 40, name
+        # Every distinct position is sampled exactly once.
+        hits = torch.cdist(xyz[0, idx], distinct).argmin(-1)
+        assert sorted(hits.tolist()) == list(range(40)), name
+
+
+def test_fps_all_points_is_a_permutation():
+    xyz = cloud(2, 64)
+    idx = farthest_point_sample(xyz, 64)
+    assert torch.equal(idx.sort(-1).values, torch.arange(64).expand(2, -1))
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN
+
+
+def test_knn_reference_is_nearest_first():
+    query, points = cloud(2, 30, torch.float64, seed=1), cloud(2, 200, torch.float64, seed=2)
+    idx = knn_reference(query, points, 10)  # (B, S, k)
+    dist = torch.cdist(query, points)  # (B, S, N)
+    expected = dist.argsort(-1)[..., :10]
+    assert torch.equal(idx, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "num_points", "num_queries", "k"), KNN_CASES)
+def test_knn_backends_match_reference(batch, num_points, num_queries, k, dtype):
+    points = cloud(batch, num_points, dtype, seed=num_points)
+    query = cloud(batch, num_queries, dtype, seed=num_points + 1)
+    expected = knn_reference(query, points, k).sort(-1).values
+    exact = torch.cdist(query.double(), points.double())  # (B, S, N)
+    for name, fn in knn_backends():
+        got = fn(query, points, k)
+        assert got.dtype == torch.int64 and got.shape == (batch, num_queries, k), name
+        # Same neighbour sets; the order is nearest first by exact distances. (The reference's
+        # float32 distance expansion may swap neighbours whose distances differ by ~1e-6.)
+        assert torch.equal(got.sort(-1).values, expected), name
+        assert (exact.gather(-1, got).diff(dim=-1) >= 0).all(), name
+
+
+@needs_scipy
+def test_knn_query_points_from_the_cloud_find_themselves_first():
+    points = cloud(3, 500, seed=7)
+    centers_idx = farthest_point_sample(points, 20)  # (B, G)
+    idx = knn(gather_points(points, centers_idx), points, 8)
+    assert torch.equal(idx[..., 0], centers_idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gathering and grouping
+
+
+def test_gather_points_matches_indexing():
+    points = torch.randn(2, 10, 6)
+    idx = torch.randint(0, 10, (2, 4, 3))
+    out = gather_points(points, idx)
+    assert out.shape == (2, 4, 3, 6)
+    for b in range(2):
+        assert torch.equal(out[b], points[b][idx[b]])
+
+
+@pytest.mark.parametrize("channels", [3, 6])
+def test_group_points_matches_reference_and_layout(channels):
+    points = torch.cat([cloud(2, 400, seed=9), torch.rand(2, 400, 3)], dim=-1)[..., :channels]
+    neighborhood, centers = group_points(points, 16, 8)
+    ref_neighborhood, ref_centers = group_points_reference(points, 16, 8)
+    assert neighborhood.shape == (2, 16, 8, channels) and centers.shape == (2, 16, 3)
+    assert torch.equal(centers, ref_centers)
+    # Same points in each group (sorting each channel over K ignores the neighbour order).
+    assert torch.equal(neighborhood.sort(dim=2).values, ref_neighborhood.sort(dim=2).values)
+    xyz = points[..., :3].contiguous()
+    assert torch.equal(centers, gather_points(xyz, farthest_point_sample(xyz, 16)))
+    # Nearest first: each group starts with its center, at relative position 0.
+    assert torch.equal(neighborhood[:, :, 0, :3], torch.zeros(2, 16, 3))
+    # Absolute positions and colors are those of real points of the cloud.
+    absolute = torch.cat([neighborhood[..., :3] + centers.unsqueeze(2), neighborhood[..., 3:]], -1)
+    idx = knn(centers, xyz, 8)
+    torch.testing.assert_close(absolute, gather_points(points, idx))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: farthest_point_sample(torch.randn(10, 3), 2),
+            r"xyz must have shape \(B, N, 3\), got \(10, 3\)",
+        ),
+        (
+            lambda: farthest_point_sample(torch.randn(1, 10, 6), 2),
+            r"xyz must have shape \(B, N, 3\)",
+        ),
+        (lambda: farthest_point_sample(torch.randint(0, 5, (1, 10, 3)), 2), "floating point"),
+        (lambda: farthest_point_sample(np.zeros((1, 10, 3)), 2), "torch.Tensor"),
+        (
+            lambda: farthest_point_sample(torch.randn(1, 10, 3), 11),
+            "num_samples=11 exceeds .* N=10",
+        ),
+        (
+            lambda: farthest_point_sample(torch.randn(1, 10, 3), 0),
+            "num_samples must be positive, got 0",
+        ),
+        (lambda: farthest_point_sample(torch.randn(1, 10, 3), 2.0), "num_samples must be an int"),
+        (
+            lambda: farthest_point_sample(torch.randn(1, 0, 3), 1),
+            r"xyz is empty \(shape \(1, 0, 3\)\)",
+        ),
+        (lambda: knn(torch.randn(1, 2, 3), torch.randn(1, 5, 3), 6), "k=6 exceeds .* N=5"),
+        (lambda: knn(torch.randn(1, 2, 3), torch.randn(1, 5, 3), -1), "k must be positive"),
+        (lambda: knn(torch.randn(2, 2, 3), torch.randn(1, 5, 3), 1), "share batch size"),
+        (
+            lambda: knn(torch.randn(1, 2, 2), torch.randn(1, 5, 3), 1),
+            r"query must have shape \(B, N, 3\)",
+        ),
+        (
+            lambda: group_points(torch.randn(1, 10, 2), 2, 2),
+            r"points must have shape \(B, N, C\) with C >= 3",
+        ),
+        (lambda: group_points(torch.randn(1, 10, 6), 11, 2), "num_group=11 exceeds"),
+        (lambda: group_points(torch.randn(1, 10, 6), 2, 11), "group_size=11 exceeds"),
+        (
+            lambda: normalize_point_cloud(np.zeros((10, 2))),
+            r"points must have shape \(\.\.\., N, C\), non-empty",
+        ),
+        (lambda: normalize_point_cloud(np.zeros((10, 3), dtype=np.int64)), "floating point"),
+        (lambda: normalize_point_cloud([[0.0, 0.0, 0.0]]), "torch.Tensor or numpy array"),
+        (
+            lambda: gather_points(torch.randn(2, 5, 3), torch.zeros(3, 1, dtype=torch.long)),
+            "gather_points needs",
+        ),
+    ],
+)
+def test_bad_input_raises_one_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_values_are_rejected(bad):
+    xyz = torch.randn(1, 10, 3)
+    xyz[0, 3, 1] = bad
+    with pytest.raises(ValueError, match="xyz contains NaN or Inf"):
+        farthest_point_sample(xyz, 2)
+    with pytest.raises(ValueError, match="points contains NaN or Inf"):
+        knn(torch.randn(1, 2, 3), xyz, 2)
+    with pytest.raises(ValueError, match="points contain NaN or Inf"):
+        normalize_point_cloud(xyz.numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA (opt in with -m gpu)
+
+
+def test_triton_module_imports_without_triton_and_declines_cpu_tensors():
+    assert not triton_fps.supports(torch.randn(1, 10, 3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("batch", "num_points", "num_samples"), [*FPS_CASES, (3, 8192, 512), (2, 16384, 64)]
+)
+def test_triton_fps_matches_reference_on_cuda(batch, num_points, num_samples, dtype):
+    pytest.importorskip("triton")
+    xyz = cloud(batch, num_points, dtype, seed=num_points).cuda()
+    start = torch.randint(0, num_points, (batch,), device="cuda")
+    expected = farthest_point_sample_reference(xyz, num_samples, start)
+    got = triton_fps.farthest_point_sample_triton(xyz, num_samples, start)
+    assert torch.equal(got, expected)
+    # The dispatcher picks Triton on CUDA and keeps results on the device.
+    dispatched = farthest_point_sample(xyz, num_samples)
+    assert dispatched.is_cuda
+    assert torch.equal(dispatched, farthest_point_sample_reference(xyz, num_samples))
