@@ -6,7 +6,7 @@ next to the Llama fields; weights under the original names (`model.embed_tokens`
 `.bin` or safetensors files, single or sharded; a LLaMA tokenizer holding `<point_patch>`,
 `<point_start>`, `<point_end>`. This module recognises the layout, maps weight names both ways,
 reads it into a `PointLLMForCausalLM` (without building a randomly initialised LLM first) and
-writes a model back in it. docs/original_checkpoints.md gives the reason for each mapping.
+writes a model back in it. docs/checkpoint_mapping.md gives the reason for each mapping.
 """
 
 from __future__ import annotations
