@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "pointllm.model.commands",
     "pointllm.serve.commands",
     "pointllm.train.commands",
+    "pointllm.pretrain",
     "pointllm.doctor",
     "pointllm.hpc",
 )

@@ -1,80 +1,452 @@
-"""`pointllm demo`: the end-to-end path on the embedded SmolLM2 backbone, on this machine."""
+"""`pointllm demo`: a PointLLM trained and evaluated end to end on this machine, in minutes.
+
+synthetic data -> stage 0 (encoder pre-training) -> stage 1 -> stage 2 -> evaluation -> chat, each
+phase through the same entry point a user calls (`pointllm data synth`, `pretrain-encoder`,
+`train --config configs/demo_stage{1,2}.yaml`, `eval run`, `eval metrics`, `chat`), on the
+embedded SmolLM2-135M-Instruct. Everything goes under one folder (default `runs/demo`):
+
+    synth/  encoder/  stage1/  stage2/ (the final model)  eval/  chat/  phases/  summary.json
+
+A phase writes `phases/<name>.json` last; a re-run reuses a phase whose record exists, whose
+settings are unchanged and whose outputs are still there, unless an earlier phase ran again.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PHASES = ("data", "stage0", "stage1", "stage2", "eval", "chat")
+SUMMARY_FILE = "summary.json"
+CLASSIFICATION_PROMPT = 0  # "What is this?", as in the benchmarks
+CAPTION_PROMPT = 2  # "Caption this 3D model in detail."
+CHAT_QUESTIONS = ("What is this?", "What color is this object?", "Caption this 3D model in detail.")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How big each phase is; the stage-1/2 recipes (configs/demo_stage*.yaml) hold the rest."""
+
+    num_objects: int  # synthetic objects, 20 % of them held out
+    stage0_steps: int
+    stage0_batch: int
+    stage1_steps: int | None  # None: the recipe's max_steps
+    stage2_steps: int | None
+    eval_objects: int | None  # held-out objects classified (None: all)
+    caption_objects: int | None  # held-out objects captioned (None: all)
+    seed: int = 0
+
+
+FULL = DemoPlan(
+    num_objects=2400,
+    stage0_steps=300,
+    stage0_batch=64,
+    stage1_steps=None,
+    stage2_steps=None,
+    eval_objects=160,
+    caption_objects=64,
+)
+QUICK = DemoPlan(
+    num_objects=480,
+    stage0_steps=80,
+    stage0_batch=32,
+    stage1_steps=30,
+    stage2_steps=10,
+    eval_objects=32,
+    caption_objects=16,
+)
+
+
+def recipe_path(name: str) -> Path:
+    """A shipped training recipe, `configs/<name>` of the source tree."""
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: demo recipe not found (run the demo from a source checkout, "
+            "`pip install -e .`)"
+        )
+    return path
+
+
+# ---- phases -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """Paths and settings shared by the phases."""
+
+    out: Path
+    plan: DemoPlan
+    progress: bool
+
+    @property
+    def data(self) -> Path:
+        return self.out / "synth"
+
+    @property
+    def anno(self) -> Path:
+        return self.data / "anno"
+
+    @property
+    def points(self) -> Path:
+        return self.data / "points"
+
+    @property
+    def encoder(self) -> Path:
+        return self.out / "encoder" / "point_bert.pt"
+
+    @property
+    def final_model(self) -> Path:
+        return self.out / "stage2"
+
+
+def demo_encoder() -> tuple[Any, int]:
+    """The encoder config and points per cloud of the stage-1 demo recipe."""
+    from pointllm.pretrain import read_recipe, resolve_encoder
+
+    return resolve_encoder(read_recipe(recipe_path("demo_stage1.yaml")))
+
+
+def _phase_data(ctx: Context) -> dict[str, Any]:
+    from pointllm.data.synthetic import CATEGORIES, generate_dataset
+
+    written = generate_dataset(ctx.data, ctx.plan.num_objects, ctx.plan.seed)
+    counts = written["counts"]
+    return {
+        "key": f"{counts['objects']} objects of {len(CATEGORIES)} categories "
+        f"({counts['train']} train, {counts['val']} held out)",
+        **counts,
+    }
+
+
+def _phase_stage0(ctx: Context) -> dict[str, Any]:
+    from pointllm.pretrain import pretrain_encoder
+
+    config, num_points = demo_encoder()
+    result = pretrain_encoder(
+        ctx.anno / "stage1_brief.json",
+        ctx.points,
+        ctx.encoder,
+        point_config=config,
+        num_points=num_points,
+        steps=ctx.plan.stage0_steps,
+        batch_size=ctx.plan.stage0_batch,
+        eval_cls_path=ctx.anno / "val_cls.json",
+        seed=ctx.plan.seed,
+        progress=ctx.progress,
+    )
+    return {
+        "key": f"zero-shot accuracy {100 * result.zero_shot_accuracy:.1f} % "
+        f"({result.num_classes} classes, held out)",
+        "zero_shot_accuracy": result.zero_shot_accuracy,
+    }
+
+
+def _precision_flags() -> list[str]:
+    """bf16 autocast where it is fast (CUDA, CPUs with AMX); transformers wants `use_cpu` to
+    autocast on a CPU."""
+    import torch
+
+    from pointllm.pretrain import bf16_is_fast
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not bf16_is_fast(device):
+        return []
+    return ["--bf16", "true"] + (["--use_cpu", "true"] if device.type == "cpu" else [])
+
+
+def _train_stage(ctx: Context, stage: int, overrides: list[str], steps: int | None) -> dict:
+    from pointllm.train.args import parse_args
+    from pointllm.train.run import train
+
+    argv = ["--config", str(recipe_path(f"demo_stage{stage}.yaml")), *overrides]
+    argv += ["--data_path", str(ctx.points), "--output_dir", str(ctx.out / f"stage{stage}")]
+    # Whole phases are the demo's unit of reuse; intermediate checkpoints would only cost time.
+    argv += ["--save_strategy", "no", "--seed", str(ctx.plan.seed), *_precision_flags()]
+    if steps is not None:
+        argv += ["--max_steps", str(steps)]
+    result = train(*parse_args(argv))
+    loss = result.summary["final_loss"]
+    return {
+        "key": f"{result.global_step} steps, final loss {loss:.3f}",
+        "final_loss": loss,
+        "steps": result.global_step,
+    }
+
+
+def _phase_stage1(ctx: Context) -> dict[str, Any]:
+    overrides = ["--anno_path", str(ctx.anno / "stage1_brief.json")]
+    overrides += ["--point_backbone_ckpt", str(ctx.encoder)]
+    return _train_stage(ctx, 1, overrides, ctx.plan.stage1_steps)
+
+
+def _phase_stage2(ctx: Context) -> dict[str, Any]:
+    overrides = ["--anno_path", str(ctx.anno / "stage2_instruct.json")]
+    overrides += ["--model_name_or_path", str(ctx.out / "stage1")]
+    return _train_stage(ctx, 2, overrides, ctx.plan.stage2_steps)
+
+
+def _phase_eval(ctx: Context) -> dict[str, Any]:
+    from pointllm.eval.metrics import evaluate_captions
+    from pointllm.eval.run import evaluate_model
+
+    common = dict(batch_size=16, progress=ctx.progress)
+    classification = evaluate_model(
+        "modelnet-cls",
+        ctx.final_model,
+        ctx.points,
+        CLASSIFICATION_PROMPT,
+        ctx.out / "eval" / "classification.json",
+        anno_path=ctx.anno / "val_cls.json",
+        limit=ctx.plan.eval_objects,
+        max_new_tokens=32,
+        **common,
+    )
+    captions = evaluate_model(
+        "objaverse-caption",
+        ctx.final_model,
+        ctx.points,
+        CAPTION_PROMPT,
+        ctx.out / "eval" / "captions.json",
+        anno_path=ctx.anno / "val_gt.json",
+        limit=ctx.plan.caption_objects,
+        max_new_tokens=64,
+        **common,
+    )
+    metrics = evaluate_captions(captions["output"])
+    matcher = classification["matcher"]
+    accuracy = matcher["accuracy"] / 100
+    sbert = metrics.get("sbert_similarity")
+    return {
+        "key": f"accuracy {100 * accuracy:.1f} % on {matcher['total_predictions']} held-out "
+        f"objects of {len(matcher['per_class_accuracy'])} categories; caption SBERT "
+        + (f"{sbert:.1f}" if sbert is not None else "n/a"),
+        "accuracy": accuracy,
+        "num_categories": len(matcher["per_class_accuracy"]),
+        "num_eval_objects": matcher["total_predictions"],
+        "caption_metrics": metrics,
+    }
+
+
+def _chat_examples(ctx: Context) -> list[dict[str, str]]:
+    """Held-out objects of different categories, one per chat question."""
+    import json
+
+    chosen, seen = [], set()
+    for row in json.loads((ctx.anno / "val_cls.json").read_text()):
+        if row["label_name"] not in seen:
+            seen.add(row["label_name"])
+            chosen.append({"object_id": row["object_id"], "category": row["label_name"]})
+        if len(chosen) == len(CHAT_QUESTIONS):
+            break
+    return [{**obj, "question": q} for obj, q in zip(chosen, CHAT_QUESTIONS)]
+
+
+def _phase_chat(ctx: Context) -> dict[str, Any]:
+    import json
+
+    from pointllm.data.io import load_point_cloud
+    from pointllm.data.preview import save_preview
+    from pointllm.data.synthetic import write_bytes_atomic
+    from pointllm.eval.run import point_file
+    from pointllm.infer.api import load
+
+    model = load(ctx.final_model)
+    examples = _chat_examples(ctx)
+    for example in examples:
+        path = point_file(ctx.points, example["object_id"])
+        example["points"] = str(path)
+        example["answer"] = model.generate(path, example["question"], max_new_tokens=64)
+        preview = ctx.out / "chat" / f"{example['object_id']}.png"
+        cloud = load_point_cloud(path, num_points=model.num_points)
+        save_preview(cloud, preview, title=f"{example['object_id']} (a {example['category']})")
+        example["preview"] = str(preview)
+    write_bytes_atomic(
+        ctx.out / "chat" / "examples.json", (json.dumps(examples, indent=2) + "\n").encode()
+    )
+    return {
+        "key": f"{len(examples)} examples, previews in {ctx.out / 'chat'}",
+        "examples": examples,
+    }
+
+
+_RUNNERS = {
+    "data": _phase_data,
+    "stage0": _phase_stage0,
+    "stage1": _phase_stage1,
+    "stage2": _phase_stage2,
+    "eval": _phase_eval,
+    "chat": _phase_chat,
+}
+
+
+def phase_outputs(ctx: Context, name: str) -> list[Path]:
+    """Files a finished phase leaves; all must exist for the phase to be reused."""
+    return {
+        "data": [ctx.anno / n for n in ("stage1_brief.json", "stage2_instruct.json")]
+        + [ctx.anno / "val_cls.json", ctx.anno / "val_gt.json", ctx.data / "meta.json"],
+        "stage0": [ctx.encoder, ctx.encoder.with_name("point_bert_config.json")],
+        "stage1": [ctx.out / "stage1" / "config.json", ctx.out / "stage1" / "model.safetensors"],
+        "stage2": [ctx.final_model / "config.json", ctx.final_model / "model.safetensors"],
+        "eval": [ctx.out / "eval" / n for n in ("classification.json", "captions.json")],
+        "chat": [ctx.out / "chat" / "examples.json"],
+    }[name]
+
+
+def phase_settings(ctx: Context, name: str) -> dict[str, Any]:
+    """What a phase's result depends on besides earlier phases; a change reruns it."""
+    import hashlib
+
+    from pointllm.pretrain import point_config_fields
+
+    def digest(stage: int) -> str:
+        return hashlib.sha256(recipe_path(f"demo_stage{stage}.yaml").read_bytes()).hexdigest()
+
+    plan = ctx.plan
+    if name == "data":
+        return {"num_objects": plan.num_objects, "seed": plan.seed}
+    if name == "stage0":
+        config, num_points = demo_encoder()
+        encoder = {**point_config_fields(config), "num_points": num_points}
+        return {"steps": plan.stage0_steps, "batch": plan.stage0_batch, "encoder": encoder}
+    if name in ("stage1", "stage2"):
+        stage = int(name[-1])
+        return {"steps": getattr(plan, f"{name}_steps"), "recipe": digest(stage)}
+    if name == "eval":
+        return {"objects": plan.eval_objects, "captions": plan.caption_objects}
+    return {"questions": list(CHAT_QUESTIONS)}
+
+
+def _phase_dirs(ctx: Context, name: str) -> list[Path]:
+    """Folders a phase owns: emptied before it runs again."""
+    return {
+        "data": [ctx.data],
+        "stage0": [ctx.encoder.parent],
+        "stage1": [ctx.out / "stage1"],
+        "stage2": [ctx.out / "stage2"],
+        "eval": [ctx.out / "eval"],
+        "chat": [ctx.out / "chat"],
+    }[name]
+
+
+# ---- driver -------------------------------------------------------------------------------------
+
+
+def _read_record(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run_demo(
-    num_points: int = 1024, prompt: str = "What is this object?"
-) -> dict[str, float | str]:
-    """Build a PointLLM on the embedded SmolLM2-135M, encode a generated point cloud, generate a
-    reply, and return the timings (seconds) and the reply. The point encoder and projector are
-    untrained here, so the reply shows the plumbing works, not that the model understands points."""
-    import torch
+    out_dir: str | Path = "runs/demo",
+    *,
+    quick: bool = False,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or reuse) every phase, print a summary table and write `summary.json`; returns it.
 
-    from pointllm.config import POINT_PLACEHOLDER, PointBertConfig
-    from pointllm.model.pointllm import PointLLMForCausalLM
+    summary.json: accuracy (held-out generative classification, 0-1, greedy answers to "What is
+    this?" scored by the matcher), num_categories, num_eval_objects, caption_metrics (the
+    `eval metrics --json` object), phases (name -> seconds), total_seconds, model_dir.
+    """
+    import json
+    import shutil
 
-    timings: dict[str, float | str] = {}
-    start = time.perf_counter()
-    point_config = PointBertConfig(
-        trans_dim=128, depth=4, num_heads=4, num_group=32, group_size=16, encoder_dims=128
+    from pointllm.data.synthetic import write_bytes_atomic
+
+    plan = QUICK if quick else FULL
+    ctx = Context(Path(out_dir), plan, progress)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    records: dict[str, dict] = {}
+    rerun = fresh
+    for number, name in enumerate(PHASES, start=1):
+        marker = ctx.out / "phases" / f"{name}.json"
+        record = _read_record(marker)
+        settings = phase_settings(ctx, name)
+        reusable = (
+            not rerun
+            and record is not None
+            and record.get("settings") == settings
+            and all(p.exists() for p in phase_outputs(ctx, name))
+        )
+        if reusable:
+            print(f"[{number}/{len(PHASES)}] {name}: reused ({record['result']['key']})")
+        else:
+            rerun = True  # everything after a phase that runs again is stale
+            print(f"[{number}/{len(PHASES)}] {name} ...", flush=True)
+            marker.unlink(missing_ok=True)
+            for folder in _phase_dirs(ctx, name):
+                shutil.rmtree(folder, ignore_errors=True)
+            started = time.perf_counter()
+            result = _RUNNERS[name](ctx)
+            record = {
+                "seconds": time.perf_counter() - started,
+                "settings": settings,
+                "result": result,
+            }
+            write_bytes_atomic(marker, (json.dumps(record, indent=2) + "\n").encode())
+            print(f"[{number}/{len(PHASES)}] {name}: {result['key']} ({record['seconds']:.0f} s)")
+        records[name] = record
+    evaluation = records["eval"]["result"]
+    summary = {
+        "accuracy": evaluation["accuracy"],
+        "num_categories": evaluation["num_categories"],
+        "num_eval_objects": evaluation["num_eval_objects"],
+        "caption_metrics": evaluation["caption_metrics"],
+        "phases": {name: round(records[name]["seconds"], 2) for name in PHASES},
+        "total_seconds": round(sum(records[name]["seconds"] for name in PHASES), 2),
+        "model_dir": str(ctx.final_model.resolve()),
+    }
+    write_bytes_atomic(ctx.out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+    _print_report(ctx, records, summary)
+    return summary
+
+
+def _print_report(ctx: Context, records: dict[str, dict], summary: dict[str, Any]) -> None:
+    """The chat examples, the caption metrics and the phase table."""
+    print("\nExamples (held-out objects the model never trained on):")
+    for example in records["chat"]["result"]["examples"]:
+        print(f"  [{example['object_id']}, a {example['category']}]  preview: {example['preview']}")
+        print(f"    Q: {example['question']}")
+        print(f"    A: {example['answer']}")
+    metrics = summary["caption_metrics"]
+    shown = [f"{k} {v:.1f}" for k, v in metrics.items() if isinstance(v, (int, float))]
+    print(f"\nCaption metrics (prompt {CAPTION_PROMPT!r} vs. ground truth): {', '.join(shown)}")
+    print(f"\n{'phase':<8} {'time':>8}  key number")
+    for name in PHASES:
+        record = records[name]
+        print(f"{name:<8} {record['seconds']:>7.0f}s  {record['result']['key']}")
+    print(f"{'total':<8} {summary['total_seconds']:>7.0f}s")
+    print(
+        f"\nHeld-out classification accuracy: {100 * summary['accuracy']:.1f} % over "
+        f"{summary['num_categories']} categories ({summary['num_eval_objects']} objects)."
     )
-    model, tokenizer = PointLLMForCausalLM.from_backbone("smollm2-135m", point_config)
-    model.eval()
-    timings["build_model_s"] = time.perf_counter() - start
-
-    generator = torch.Generator().manual_seed(0)
-    xyz = torch.randn(1, num_points, 3, generator=generator)
-    xyz = xyz / xyz.norm(dim=-1, keepdim=True)  # a unit sphere
-    rgb = torch.tensor([0.9, 0.1, 0.1]).expand(1, num_points, 3)  # red
-    cloud = torch.cat([xyz, rgb], dim=-1)
-
-    block = "<point_start>" + "<point_patch>" * model.config.num_point_tokens + "<point_end>"
-    content = f"{POINT_PLACEHOLDER}\n{prompt}".replace(POINT_PLACEHOLDER, block)
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    start = time.perf_counter()
-    with torch.no_grad():
-        features = model.encode_points(cloud)
-    timings["encode_points_s"] = time.perf_counter() - start
-    timings["point_tokens"] = str(tuple(features.shape))
-
-    start = time.perf_counter()
-    output = model.generate(
-        inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        point_clouds=cloud,
-        max_new_tokens=24,
-        do_sample=False,
-    )
-    timings["generate_s"] = time.perf_counter() - start
-    timings["reply"] = tokenizer.decode(
-        output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-    )
-    return timings
+    print(f"Chat with it: pointllm chat --model {ctx.final_model} --points FILE")
+    print(f"Summary: {ctx.out / SUMMARY_FILE}")
 
 
 def _handle(args: argparse.Namespace) -> int:
-    print("pointllm demo: building a PointLLM on the embedded SmolLM2-135M-Instruct (no download)")
-    result = run_demo(num_points=args.num_points)
-    print(f"  model built in        {result['build_model_s']:.2f} s")
-    print(
-        f"  points encoded in     {result['encode_points_s'] * 1000:.1f} ms -> features {result['point_tokens']}"
-    )
-    print(f"  reply generated in    {result['generate_s']:.2f} s")
-    print(f"  reply: {result['reply']!r}")
-    print("The encoder and projector are untrained at this stage; the reply shows the path works.")
+    run_demo(args.out, quick=args.quick, fresh=args.fresh)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="run PointLLM end to end on the embedded model")
-    parser.add_argument("--num-points", type=int, default=1024)
+    parser = subparsers.add_parser(
+        "demo",
+        help="train, evaluate and chat with a PointLLM on this machine (minutes, CPU)",
+        description="synthetic data -> stage 0 (encoder) -> stage 1 -> stage 2 -> held-out "
+        "evaluation -> chat examples, on the embedded SmolLM2-135M-Instruct. Finished phases "
+        "are reused on a re-run.",
+    )
+    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--fresh", action="store_true", help="run every phase again")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     parser.set_defaults(func=_handle)

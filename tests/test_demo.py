@@ -1,0 +1,169 @@
+"""`pointllm demo`: the phase driver's reuse rules, and the real `--quick` pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from pointllm import demo
+from pointllm.cli import main
+
+SUMMARY_KEYS = {
+    "accuracy",
+    "num_categories",
+    "num_eval_objects",
+    "caption_metrics",
+    "phases",
+    "total_seconds",
+    "model_dir",
+}
+
+
+# ---- the driver, with stand-in phases -----------------------------------------------------------
+
+
+@pytest.fixture
+def fake_phases(monkeypatch):
+    """Replace every phase by a stand-in that writes the phase's output files and counts calls."""
+    calls: list[str] = []
+
+    def runner(name):
+        def run(ctx):
+            calls.append(name)
+            for path in demo.phase_outputs(ctx, name):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(name)
+            result = {"key": f"{name} done"}
+            if name == "eval":
+                result |= {
+                    "accuracy": 0.5,
+                    "num_categories": 16,
+                    "num_eval_objects": 32,
+                    "caption_metrics": {"bleu-1": 10.0},
+                }
+            if name == "chat":
+                result["examples"] = []
+            return result
+
+        return run
+
+    monkeypatch.setattr(demo, "_RUNNERS", {name: runner(name) for name in demo.PHASES})
+    return calls
+
+
+def test_rerun_reuses_finished_phases_and_writes_the_same_summary(tmp_path, fake_phases):
+    first = demo.run_demo(tmp_path, quick=True, progress=False)
+    assert fake_phases == list(demo.PHASES)
+    assert set(first) == SUMMARY_KEYS
+    assert set(first["phases"]) == set(demo.PHASES)
+    assert first["total_seconds"] == pytest.approx(sum(first["phases"].values()), abs=0.05)
+
+    fake_phases.clear()
+    second = demo.run_demo(tmp_path, quick=True, progress=False)
+    assert fake_phases == []
+    assert second == first
+    assert json.loads((tmp_path / "summary.json").read_text()) == first
+
+
+def test_a_missing_output_reruns_that_phase_and_everything_after(tmp_path, fake_phases):
+    demo.run_demo(tmp_path, quick=True, progress=False)
+    fake_phases.clear()
+    (tmp_path / "stage2" / "model.safetensors").unlink()
+    demo.run_demo(tmp_path, quick=True, progress=False)
+    assert fake_phases == ["stage2", "eval", "chat"]
+
+
+def test_fresh_or_other_settings_rerun_every_phase(tmp_path, fake_phases):
+    demo.run_demo(tmp_path, quick=True, progress=False)
+    fake_phases.clear()
+    demo.run_demo(tmp_path, quick=True, fresh=True, progress=False)
+    assert fake_phases == list(demo.PHASES)
+    fake_phases.clear()
+    demo.run_demo(tmp_path, quick=False, progress=False)  # the full plan: nothing matches
+    assert fake_phases == list(demo.PHASES)
+
+
+def test_an_edited_recipe_reruns_its_stage_and_later_phases(tmp_path, fake_phases, monkeypatch):
+    recipes = tmp_path / "configs"
+    recipes.mkdir()
+    for stage in (1, 2):
+        name = f"demo_stage{stage}.yaml"
+        (recipes / name).write_bytes(demo.recipe_path(name).read_bytes())
+    monkeypatch.setattr(demo, "recipe_path", lambda name: recipes / name)
+    out = tmp_path / "run"
+    demo.run_demo(out, quick=True, progress=False)
+    fake_phases.clear()
+    with open(recipes / "demo_stage2.yaml", "a") as recipe:
+        recipe.write("learning_rate: 1.0e-4\n")
+    demo.run_demo(out, quick=True, progress=False)
+    assert fake_phases == ["stage2", "eval", "chat"]
+
+
+def test_a_failing_phase_leaves_no_record(tmp_path, fake_phases, monkeypatch):
+    def broken(ctx):
+        raise ValueError("stage 1 exploded")
+
+    monkeypatch.setitem(demo._RUNNERS, "stage1", broken)
+    with pytest.raises(ValueError, match="exploded"):
+        demo.run_demo(tmp_path, quick=True, progress=False)
+    records = sorted(p.stem for p in (tmp_path / "phases").iterdir())
+    assert records == ["data", "stage0"]
+    assert not (tmp_path / "summary.json").exists()
+
+
+# ---- the real pipeline --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    started = time.perf_counter()
+    status = main(["demo", "--quick", "--out", str(out)])
+    return out, status, time.perf_counter() - started
+
+
+def test_quick_demo_runs_every_phase_and_beats_chance(quick_run):
+    out, status, _ = quick_run
+    assert status == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    assert list(summary["phases"]) == list(demo.PHASES)
+    assert all(seconds > 0 for seconds in summary["phases"].values())
+
+    # Every phase left its files.
+    assert (out / "synth" / "anno" / "val_cls.json").is_file()
+    assert (out / "encoder" / "point_bert.pt").is_file()
+    assert (out / "encoder" / "point_bert_summary.json").is_file()
+    for stage in ("stage1", "stage2"):
+        assert (out / stage / "config.json").is_file()
+        assert (out / stage / "model.safetensors").is_file()
+    assert summary["model_dir"] == str((out / "stage2").resolve())
+    classification = json.loads((out / "eval" / "classification.json").read_text())
+    assert classification["prompt"] == "What is this?"
+    assert len(classification["results"]) == summary["num_eval_objects"] == demo.QUICK.eval_objects
+    assert (out / "eval" / "captions_evaluated_traditional.json").is_file()
+    assert set(summary["caption_metrics"]) >= {"bleu-1", "rouge-l", "sbert_similarity"}
+    examples = json.loads((out / "chat" / "examples.json").read_text())
+    assert len(examples) == 3 and all(e["answer"].strip() for e in examples)
+    for example in examples:
+        assert (out / "chat" / f"{example['object_id']}.png").stat().st_size > 1000
+
+    # Held-out generative classification beats chance (the held-out objects were never trained on).
+    train_ids = set(json.loads((out / "synth" / "meta.json").read_text())["split"]["train"])
+    assert not train_ids & {r["object_id"] for r in classification["results"]}
+    assert summary["num_categories"] >= 12
+    assert summary["accuracy"] > 1 / summary["num_categories"], summary
+
+
+def test_quick_demo_rerun_reuses_every_phase(quick_run, capsys):
+    out, _, first_seconds = quick_run
+    before = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    started = time.perf_counter()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert time.perf_counter() - started < min(30.0, first_seconds / 3)
+    printed = capsys.readouterr().out
+    assert printed.count("reused") == len(demo.PHASES)
+    assert json.loads((out / "summary.json").read_text()) == before
