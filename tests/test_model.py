@@ -380,9 +380,13 @@ def test_frozen_encoder_keeps_batchnorm_in_eval_mode(tiny_model):
     assert model.point_backbone.training
 
 
-def test_embedded_smollm2_backbone_answers_text_questions():
+def test_embedded_smollm2_backbone_answers_text_questions(caplog):
     """The real SmolLM2 inside a PointLLM still answers a plain question correctly."""
-    model, tokenizer = PointLLMForCausalLM.from_backbone("smollm2-135m", tiny_point_config())
+    with caplog.at_level("WARNING", logger="transformers"):
+        model, tokenizer = PointLLMForCausalLM.from_backbone("smollm2-135m", tiny_point_config())
+    # The LLM keeps its attention implementation, and nothing is said about the encoder's config.
+    assert model.language_model.config._attn_implementation == "sdpa"
+    assert not [r for r in caplog.records if "attention implementation" in r.getMessage()]
     model.eval()
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],

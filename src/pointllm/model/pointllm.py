@@ -125,8 +125,9 @@ class PointLLMForCausalLM(PointLLMPreTrainedModel):
         )
         attn_implementation = llm.config._attn_implementation
         model = cls(config, language_model=llm)
-        # Building the wrapper resets the sub-config's attention choice; restore the LLM's.
-        model.set_attn_implementation(attn_implementation)
+        # Building the wrapper resets the sub-config's attention choice; restore the LLM's. Only
+        # the LLM's: the encoder is not a transformers model, and naming it would log a warning.
+        model.set_attn_implementation({"": attn_implementation, "text_config": attn_implementation})
         model.to(llm.dtype)
         model.setup_point_tokens(tokenizer)
         return model, tokenizer
