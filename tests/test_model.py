@@ -207,10 +207,54 @@ def test_projector_layout_matches_original_indices():
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
 def test_forward_on_several_llm_families(base_tokenizer, arch):
     model, tokenizer = make_tiny_model(base_tokenizer, arch=arch)
+    model.eval()
     batch = encode(tokenizer, [point_block(model) + "\nWhat is this?", "Hello there, text only."])
     out = model(**batch, point_clouds=torch.rand(1, 64, 6), labels=batch["input_ids"])
     assert out.logits.shape == (2, batch["input_ids"].shape[1], len(tokenizer))
     assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "phi3"])
+@pytest.mark.parametrize("num_items", [None, 7])
+def test_training_loss_on_target_positions_equals_the_llms_own_loss(
+    base_tokenizer, arch, num_items
+):
+    """In training the vocabulary projection runs only where a target follows; the loss and every
+    gradient equal the LLM's full-logits `labels` path (the Trainer's num_items_in_batch too)."""
+    model, tokenizer = make_tiny_model(base_tokenizer, arch=arch)
+    model.set_trainable(encoder=True, projector=True, llm=True)
+    model.train()
+    batch = encode(
+        tokenizer,
+        [point_block(model) + "\nWhat is this? A red mug.", "Only text, a longer prompt. Yes."],
+    )
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[0, -4:] = batch["input_ids"][0, -4:]  # the answers, at different positions per row
+    labels[1, 5:8] = batch["input_ids"][1, 5:8]
+    clouds = torch.rand(1, 64, 6)
+    extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+
+    def loss_and_grads(fast: bool):
+        model.zero_grad()
+        if fast:
+            out = model(**batch, point_clouds=clouds, labels=labels, **extra)
+            assert out.logits.shape[1] < batch["input_ids"].shape[1]  # fewer positions projected
+        else:
+            embeds = model.embed_inputs(batch["input_ids"], clouds)
+            out = model.language_model(
+                inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=labels, **extra
+            )
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.loss.detach(), grads
+
+    fast_loss, fast_grads = loss_and_grads(True)
+    full_loss, full_grads = loss_and_grads(False)
+    torch.testing.assert_close(fast_loss, full_loss)
+    assert fast_grads.keys() == full_grads.keys()
+    assert any(n.startswith("point_backbone.") for n in fast_grads)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_point_features_land_exactly_in_patch_positions(tiny_model):

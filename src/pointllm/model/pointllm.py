@@ -8,6 +8,7 @@ the language model on the result.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable
 
@@ -29,6 +30,7 @@ from pointllm.config import (
     PointBertConfig,
     PointLLMConfig,
 )
+from pointllm.data.conversation import IGNORE_INDEX
 from pointllm.model.encoder import PointBertEncoder
 from pointllm.model.projector import PointProjector
 
@@ -262,9 +264,54 @@ class PointLLMForCausalLM(PointLLMPreTrainedModel):
             if input_ids is None:
                 raise ValueError("forward needs input_ids or inputs_embeds")
             inputs_embeds = self.embed_inputs(input_ids, point_clouds)
+        if labels is not None and self.training and self._keeps_selected_logits():
+            return self._loss_on_target_positions(inputs_embeds, attention_mask, labels, **kwargs)
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs
         )
+
+    def _keeps_selected_logits(self) -> bool:
+        """Whether the LLM's forward takes `logits_to_keep` as positions (transformers' causal LMs
+        do), so that training computes logits only where a label follows."""
+        base = getattr(self.language_model, "get_base_model", lambda: self.language_model)()
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+    def _loss_on_target_positions(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.LongTensor,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """The causal-LM loss with the vocabulary projection run only at positions whose next
+        token is a target in some row of the batch (the prompt, the system text and the point
+        tokens never are). Same loss and gradients as the LLM's own `labels` path; saves the
+        (B, T, vocab) logits in memory and most of the projection's time. The returned logits
+        are (B, P, vocab) at those P positions only.
+        """
+        targets = labels[:, 1:]  # (B, T-1): the token each position predicts
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            logits_to_keep=positions,
+            **kwargs,
+        )
+        picked = targets[:, positions]  # (B, P)
+        loss = nn.functional.cross_entropy(
+            outputs.logits.float().flatten(0, 1),
+            picked.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        # As transformers' loss: a token mean, or a sum over the count the Trainer passes for
+        # gradient accumulation. A batch without targets gives 0, not NaN.
+        count = (
+            num_items_in_batch if num_items_in_batch is not None else (picked != IGNORE_INDEX).sum()
+        )
+        outputs.loss = loss / (count.clamp(min=1) if torch.is_tensor(count) else max(count, 1))
+        return outputs
 
     @torch.no_grad()
     def generate(
