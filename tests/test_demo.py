@@ -154,7 +154,8 @@ def test_quick_demo_runs_every_phase_and_beats_chance(quick_run):
     train_ids = set(json.loads((out / "synth" / "meta.json").read_text())["split"]["train"])
     assert not train_ids & {r["object_id"] for r in classification["results"]}
     assert summary["num_categories"] >= 12
-    assert summary["accuracy"] > 1 / summary["num_categories"], summary
+    # (Measured: 31 % over 15 categories; chance is 1/15.)
+    assert summary["accuracy"] > 1.5 / summary["num_categories"], summary
 
 
 def test_quick_demo_rerun_reuses_every_phase(quick_run, capsys):
