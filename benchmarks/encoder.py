@@ -7,6 +7,7 @@ its grouping patched to that reference.
 
     python benchmarks/encoder.py                      # batch 1 and 16, 8192 points, CPU (+ CUDA)
     python benchmarks/encoder.py --batch-sizes 1 --repeats 3 --skip-encoder
+    python benchmarks/encoder.py --skip-encoder --stages   # + where the CPU grouping time goes
 
 Prints a Markdown table: median milliseconds per call, clouds per second, the speed-up of ours
 over the baseline (clouds/s ours / baseline), and the share of the encoder's time spent grouping.
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from unittest import mock
 
+import numpy as np
 import torch
 
 from pointllm.config import PointBertConfig
@@ -81,9 +83,14 @@ def backends(device: torch.device) -> str:
     if device.type == "cuda":
         fps = "triton" if triton_fps.triton is not None else "torch loop"
         return f"FPS {fps}, kNN chunked cdist+topk"
+    threads = f"{torch.get_num_threads()} threads"
     fps = "fpsample QuickFPS" if ops_points.fpsample is not None else "torch loop"
-    knn = "cKDTree" if ops_points.cKDTree is not None else "chunked cdist+topk"
-    return f"FPS {fps}, kNN {knn}, {torch.get_num_threads()} threads"
+    if not ops_points._has_tree():
+        return f"FPS {fps}, kNN chunked cdist+topk, {threads}"
+    tree = "pykdtree" if ops_points.pykdtree is not None else "SciPy cKDTree"
+    if ops_points.fpsample is None:
+        return f"FPS {fps}, kNN {tree}, {threads}"
+    return f"FPS {fps} + kNN {tree} + gather in one task per cloud, {threads}"
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -125,6 +132,61 @@ def run(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def cpu_stage_rows(batch: int, num_points: int, config: PointBertConfig, repeats: int) -> list[str]:
+    """Median milliseconds of each stage of the fused CPU grouping path, as Markdown rows.
+
+    Per-cloud stages run in one pool thread (as in `group_points`, so pykdtree's OpenMP stays
+    on that thread); the last row times a whole batch on the pool.
+    """
+    if ops_points.fpsample is None or not ops_points._has_tree():
+        return ["(stages: the fused CPU path needs fpsample and pykdtree or SciPy)"]
+    points = synthetic_clouds(batch, num_points)  # (B, N, 6)
+    clouds = points[..., :3].contiguous().numpy()  # (B, N, 3)
+    height = ops_points._FPSAMPLE_TREE_HEIGHT
+    neighbours = np.empty((config.num_group, config.group_size), dtype=np.int64)
+
+    def replay(cloud: np.ndarray) -> int:
+        return ops_points._kdline_start_position(cloud, 0, height)
+
+    def sample(cloud: np.ndarray) -> np.ndarray:
+        return ops_points._fps_one_cloud_fpsample(cloud, config.num_group, 0)
+
+    def search(cloud: np.ndarray) -> None:
+        ops_points._tree_knn(cloud, cloud[sample(cloud)], config.group_size, neighbours, 1)
+
+    tree = "pykdtree" if ops_points.pykdtree is not None else "SciPy cKDTree"
+    stages = [
+        ("FPS start: replay of fpsample's tree build (numpy, mostly holds the GIL)", replay),
+        (f"+ fpsample QuickFPS, h={height}", sample),
+        (f"+ {tree} build and {config.num_group} queries, k={config.group_size}", search),
+    ]
+
+    def per_cloud() -> list[float]:
+        return [
+            statistics.median(timed(fn, cloud) for cloud in clouds for _ in range(repeats))
+            for _, fn in stages
+        ]
+
+    medians = ops_points._thread_pool(torch.get_num_threads()).submit(per_cloud).result()
+    rows = ["| stage (cumulative) | ms |", "|---|---|"]
+    rows += [f"| {name}, one cloud | {ms * 1e3:.2f} |" for (name, _), ms in zip(stages, medians)]
+    with torch.inference_mode():
+        group_points(points, config.num_group, config.group_size)
+        ms = statistics.median(
+            timed(group_points, points, config.num_group, config.group_size) for _ in range(repeats)
+        )
+    threads = torch.get_num_threads()
+    rows.append(f"| whole `group_points`, {batch} clouds on {threads} threads | {ms * 1e3:.2f} |")
+    return rows
+
+
+def timed(fn: Callable[..., object], *args: object) -> float:
+    """Seconds one CPU call takes."""
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
 def format_row(device: str, batch: int, stage: str, ours: float, base: float, share: str) -> str:
     """One Markdown row from median seconds per call."""
     return (
@@ -140,6 +202,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs of the grouping")
     parser.add_argument("--encoder-repeats", type=int, default=3, help="timed encoder runs")
     parser.add_argument("--skip-encoder", action="store_true", help="time the grouping only")
+    parser.add_argument(
+        "--stages", action="store_true", help="also time each stage of the CPU grouping"
+    )
     default_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     parser.add_argument("--devices", nargs="+", default=default_devices)
     parser.add_argument(
@@ -156,6 +221,12 @@ def main() -> None:
         print(f"# {name}: {backends(torch.device(name))}")
     print()
     print("\n".join(run(args)))
+    if args.stages:
+        config = PointBertConfig.from_preset("v1.2")
+        print()
+        print("\n".join(cpu_stage_rows(max(args.batch_sizes), args.points, config, args.repeats)))
+    # Other processes on the machine skew both columns; the end load tells whether they did.
+    print(f"\n# load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

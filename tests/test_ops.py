@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
+import os
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +25,8 @@ from pointllm.ops import (
 from pointllm.ops import points as ops
 
 needs_fpsample = pytest.mark.skipif(ops.fpsample is None, reason="fpsample not installed")
-needs_scipy = pytest.mark.skipif(ops.cKDTree is None, reason="scipy not installed")
+needs_pykdtree = pytest.mark.skipif(ops.pykdtree is None, reason="pykdtree not installed")
+needs_tree = pytest.mark.skipif(not ops._has_tree(), reason="neither pykdtree nor scipy installed")
 
 # (B, N, S): includes N = S, a single point, sizes below and above fpsample's tree buckets.
 FPS_CASES = [(1, 1, 1), (2, 2, 2), (3, 50, 50), (4, 300, 37), (2, 1000, 64), (1, 2048, 128)]
@@ -44,6 +50,16 @@ def fps_backends() -> list:
     return found
 
 
+def without_pykdtree(fn):
+    """fn with pykdtree hidden, as when it is not installed: KD-trees come from SciPy."""
+
+    def call(*args):
+        with mock.patch.object(ops, "pykdtree", None):
+            return fn(*args)
+
+    return call
+
+
 def knn_backends() -> list:
     """(name, fn(query, points, k) -> (B, S, k)) for every kNN backend usable on CPU here."""
     found = [
@@ -52,8 +68,10 @@ def knn_backends() -> list:
         # A tiny memory bound forces one query per chunk.
         ("torch-chunked", lambda q, p, k: ops._knn_torch(q, p, k, chunk_bytes=1)),
     ]
+    if ops.pykdtree is not None:
+        found.append(("pykdtree", ops._knn_tree))
     if ops.cKDTree is not None:
-        found.append(("cKDTree", ops._knn_kdtree))
+        found.append(("cKDTree", without_pykdtree(ops._knn_tree)))
     return found
 
 
@@ -219,12 +237,59 @@ def test_knn_backends_match_reference(batch, num_points, num_queries, k, dtype):
         assert (exact.gather(-1, got).diff(dim=-1) >= 0).all(), name
 
 
-@needs_scipy
+@needs_tree
 def test_knn_query_points_from_the_cloud_find_themselves_first():
     points = cloud(3, 500, seed=7)
     centers_idx = farthest_point_sample(points, 20)  # (B, G)
     idx = knn(gather_points(points, centers_idx), points, 8)
     assert torch.equal(idx[..., 0], centers_idx)
+
+
+@needs_pykdtree
+def test_knn_pykdtree_reranks_float32_overflow_in_float64():
+    """Squared float32 distances overflow beyond ~1e19: pykdtree alone returns invalid indices."""
+    points = cloud(2, 300, seed=8) * 1e20
+    query = points[:, :40]
+    expected = torch.cdist(query.double(), points.double()).argsort(-1)[..., :5]  # (B, S, 5)
+    assert torch.equal(ops._knn_tree(query, points, 5), expected)
+
+
+@needs_tree
+@pytest.mark.parametrize("backend", ["pykdtree", "cKDTree"])
+def test_knn_float64_overflow_is_a_clear_error(backend, monkeypatch):
+    if backend == "cKDTree":
+        monkeypatch.setattr(ops, "pykdtree", None)
+    elif ops.pykdtree is None:
+        pytest.skip("pykdtree not installed")
+    points = cloud(1, 50, torch.float64) * 1e160
+    with pytest.raises(ValueError, match="too large for kNN: squared distances overflow"):
+        knn(points, points, 3)
+
+
+@needs_pykdtree
+def test_pool_threads_run_pykdtree_openmp_single_threaded():
+    """Pool threads must set every OpenMP runtime pykdtree's queries may use to one thread."""
+    assert ops._OPENMP_THREAD_SETTERS, "no omp_set_num_threads found"
+    runtimes = [ctypes.CDLL(None), ctypes.CDLL(ops.pykdtree.__file__)]
+    pool = ops._thread_pool(2)
+    seen = pool.submit(lambda: [runtime.omp_get_max_threads() for runtime in runtimes]).result()
+    assert seen == [1, 1]
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.fork")
+def test_thread_pool_is_renewed_in_a_forked_child(monkeypatch):
+    """DataLoader workers are forks: the parent's pool threads do not exist there."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert ops._map_clouds(lambda b: b, 2) == [0, 1]  # the parent's pool now exists
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    child = context.Process(target=lambda: results.put(ops._map_clouds(lambda b: b * 2, 4)))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():  # waiting on threads that were never forked
+        child.kill()
+        pytest.fail("the forked child hung on its parent's thread pool")
+    assert child.exitcode == 0 and results.get() == [0, 2, 4, 6]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,23 +305,60 @@ def test_gather_points_matches_indexing():
         assert torch.equal(out[b], points[b][idx[b]])
 
 
-@pytest.mark.parametrize("channels", [3, 6])
-def test_group_points_matches_reference_and_layout(channels):
-    points = torch.cat([cloud(2, 400, seed=9), torch.rand(2, 400, 3)], dim=-1)[..., :channels]
+# Library sets group_points can meet: the fused CPU path (pykdtree or cKDTree trees, groups
+# gathered in numpy or, when gradients flow, in torch; serially with one thread), and separate
+# FPS + kNN without a tree library or without fpsample.
+GROUP_SETUPS = {
+    "installed": {},
+    "no pykdtree": {"pykdtree": None},
+    "no tree library": {"pykdtree": None, "cKDTree": None},
+    "no fpsample": {"fpsample": None},
+}
+
+
+@pytest.mark.parametrize("setup", [*GROUP_SETUPS, "one thread", "gradients"])
+@pytest.mark.parametrize(
+    ("batch", "channels", "dtype"), [(2, 6, torch.float32), (1, 3, torch.float64)]
+)
+def test_group_points_matches_reference_and_layout(setup, batch, channels, dtype, monkeypatch):
+    for name, value in GROUP_SETUPS.get(setup, {}).items():
+        monkeypatch.setattr(ops, name, value)
+    if setup == "one thread":  # as in DataLoader workers: no pool, clouds in turn
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    colors = torch.rand(batch, 400, 3, dtype=dtype)
+    points = torch.cat([cloud(batch, 400, dtype, seed=9), colors], dim=-1)[..., :channels]
+    points.requires_grad_(setup == "gradients")
     neighborhood, centers = group_points(points, 16, 8)
     ref_neighborhood, ref_centers = group_points_reference(points, 16, 8)
-    assert neighborhood.shape == (2, 16, 8, channels) and centers.shape == (2, 16, 3)
+    assert neighborhood.shape == (batch, 16, 8, channels) and centers.shape == (batch, 16, 3)
+    assert neighborhood.dtype == centers.dtype == dtype
     assert torch.equal(centers, ref_centers)
     # Same points in each group (sorting each channel over K ignores the neighbour order).
     assert torch.equal(neighborhood.sort(dim=2).values, ref_neighborhood.sort(dim=2).values)
+    # Exactly the public ops composed: same centers, same neighbours in the same order.
     xyz = points[..., :3].contiguous()
     assert torch.equal(centers, gather_points(xyz, farthest_point_sample(xyz, 16)))
+    expected = gather_points(points, knn(centers, xyz, 8))  # (B, G, K, C)
+    expected[..., :3] -= centers.unsqueeze(2)
+    assert torch.equal(neighborhood, expected)
     # Nearest first: each group starts with its center, at relative position 0.
-    assert torch.equal(neighborhood[:, :, 0, :3], torch.zeros(2, 16, 3))
-    # Absolute positions and colors are those of real points of the cloud.
-    absolute = torch.cat([neighborhood[..., :3] + centers.unsqueeze(2), neighborhood[..., 3:]], -1)
-    idx = knn(centers, xyz, 8)
-    torch.testing.assert_close(absolute, gather_points(points, idx))
+    assert torch.equal(neighborhood[:, :, 0, :3], torch.zeros(batch, 16, 3, dtype=dtype))
+
+
+def test_group_points_is_differentiable_in_points_and_gathers_alike_without():
+    points = torch.cat([cloud(2, 100, seed=3), torch.rand(2, 100, 3)], dim=-1).requires_grad_()
+    neighborhood, centers = group_points(points, 8, 4)
+    (neighborhood.sum() + centers.sum()).backward()
+    ref = points.detach().clone().requires_grad_()
+    ref_neighborhood, ref_centers = group_points_reference(ref, 8, 4)
+    (ref_neighborhood.sum() + ref_centers.sum()).backward()
+    torch.testing.assert_close(points.grad, ref.grad)
+    # Without gradients the CPU path gathers in numpy: bit for bit the same values.
+    with torch.no_grad():
+        plain_neighborhood, plain_centers = group_points(points, 8, 4)
+    assert not plain_neighborhood.requires_grad and not plain_centers.requires_grad
+    assert torch.equal(plain_neighborhood, neighborhood.detach())
+    assert torch.equal(plain_centers, centers.detach())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +414,18 @@ def test_group_points_matches_reference_and_layout(channels):
             lambda: gather_points(torch.randn(2, 5, 3), torch.zeros(3, 1, dtype=torch.long)),
             "gather_points needs",
         ),
+        (
+            lambda: gather_points(torch.randn(2, 5, 3), torch.tensor([[0], [5]])),
+            r"gather_points idx must lie in \[0, 5\), got \[0, 5\]",
+        ),
+        (
+            lambda: gather_points(torch.randn(2, 5, 3), torch.tensor([[-1], [0]])),
+            r"gather_points idx must lie in \[0, 5\), got \[-1, 0\]",
+        ),
+        (
+            lambda: gather_points(torch.randn(2, 5, 3), torch.zeros(2, 1)),
+            "gather_points needs integer idx, got torch.float32",
+        ),
     ],
 )
 def test_bad_input_raises_one_clear_value_error(call, message):
@@ -319,16 +433,21 @@ def test_bad_input_raises_one_clear_value_error(call, message):
         call()
 
 
+# float32/float64 on CPU are checked in numpy, other dtypes with torch.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_values_are_rejected(bad):
-    xyz = torch.randn(1, 10, 3)
+def test_non_finite_values_are_rejected(bad, dtype):
+    xyz = torch.randn(1, 10, 3, dtype=dtype)
     xyz[0, 3, 1] = bad
     with pytest.raises(ValueError, match="xyz contains NaN or Inf"):
         farthest_point_sample(xyz, 2)
     with pytest.raises(ValueError, match="points contains NaN or Inf"):
-        knn(torch.randn(1, 2, 3), xyz, 2)
+        knn(torch.randn(1, 2, 3, dtype=dtype), xyz, 2)
     with pytest.raises(ValueError, match="points contain NaN or Inf"):
-        normalize_point_cloud(xyz.numpy())
+        normalize_point_cloud(xyz)
+    points = torch.cat([torch.randn(1, 10, 3, dtype=dtype), xyz], dim=-1)  # bad color channel
+    with pytest.raises(ValueError, match="points contains NaN or Inf"):
+        group_points(points, 2, 2)
 
 
 # ---------------------------------------------------------------------------------------------
