@@ -84,6 +84,8 @@ def backends(device: torch.device) -> str:
         fps = "triton" if triton_fps.triton is not None else "torch loop"
         return f"FPS {fps}, kNN chunked cdist+topk"
     threads = f"{torch.get_num_threads()} threads"
+    if ops_points.cpu_kernels is not None:
+        return f"numba FPS (k-d leaves) + kNN (grid) + gather in one task per cloud, {threads}"
     fps = "fpsample QuickFPS" if ops_points.fpsample is not None else "torch loop"
     if not ops_points._has_tree():
         return f"FPS {fps}, kNN chunked cdist+topk, {threads}"
@@ -138,28 +140,14 @@ def cpu_stage_rows(batch: int, num_points: int, config: PointBertConfig, repeats
     Per-cloud stages run in one pool thread (as in `group_points`, so pykdtree's OpenMP stays
     on that thread); the last row times a whole batch on the pool.
     """
-    if ops_points.fpsample is None or not ops_points._has_tree():
-        return ["(stages: the fused CPU path needs fpsample and pykdtree or SciPy)"]
     points = synthetic_clouds(batch, num_points)  # (B, N, 6)
     clouds = points[..., :3].contiguous().numpy()  # (B, N, 3)
-    height = ops_points._FPSAMPLE_TREE_HEIGHT
-    neighbours = np.empty((config.num_group, config.group_size), dtype=np.int64)
-
-    def replay(cloud: np.ndarray) -> int:
-        return ops_points._kdline_start_position(cloud, 0, height)
-
-    def sample(cloud: np.ndarray) -> np.ndarray:
-        return ops_points._fps_one_cloud_fpsample(cloud, config.num_group, 0)
-
-    def search(cloud: np.ndarray) -> None:
-        ops_points._tree_knn(cloud, cloud[sample(cloud)], config.group_size, neighbours, 1)
-
-    tree = "pykdtree" if ops_points.pykdtree is not None else "SciPy cKDTree"
-    stages = [
-        ("FPS start: replay of fpsample's tree build (numpy, mostly holds the GIL)", replay),
-        (f"+ fpsample QuickFPS, h={height}", sample),
-        (f"+ {tree} build and {config.num_group} queries, k={config.group_size}", search),
-    ]
+    if ops_points.cpu_kernels is not None:
+        stages = numba_stages(config)
+    elif ops_points.fpsample is not None and ops_points._has_tree():
+        stages = library_stages(config)
+    else:
+        return ["(stages: the fused CPU path needs numba, or fpsample and pykdtree or SciPy)"]
 
     def per_cloud() -> list[float]:
         return [
@@ -178,6 +166,61 @@ def cpu_stage_rows(batch: int, num_points: int, config: PointBertConfig, repeats
     threads = torch.get_num_threads()
     rows.append(f"| whole `group_points`, {batch} clouds on {threads} threads | {ms * 1e3:.2f} |")
     return rows
+
+
+def numba_stages(config: PointBertConfig) -> list[tuple[str, Callable[[np.ndarray], object]]]:
+    """Cumulative stages of the numba kernels on one cloud (N, 3)."""
+    kernels = ops_points.cpu_kernels
+
+    def leaves(cloud: np.ndarray) -> tuple:
+        return kernels._leaves(cloud, kernels.LEAF_SIZE)
+
+    def sample(cloud: np.ndarray) -> tuple:
+        order, starts, coords, box, _ = leaves(cloud)
+        fps = kernels._fps(order, starts, coords, box, config.num_group, 0, kernels.LEAVES_PER_NODE)
+        return order, coords, fps
+
+    def search(cloud: np.ndarray) -> None:
+        order, coords, (positions, radius2) = sample(cloud)
+        kernels._knn_grid(
+            order,
+            coords,
+            positions,
+            config.group_size,
+            float(np.sqrt(radius2)),
+            kernels._OFFSETS,
+            kernels._OFFSET_BOUNDS,
+            kernels.GRID_SPAN,
+            kernels._CELLS_PER_POINT,
+        )
+
+    return [
+        (f"k-d leaves of <= {kernels.LEAF_SIZE} points (numba)", leaves),
+        (f"+ exact FPS to {config.num_group} centers", sample),
+        (f"+ grid kNN, k={config.group_size}", search),
+    ]
+
+
+def library_stages(config: PointBertConfig) -> list[tuple[str, Callable[[np.ndarray], object]]]:
+    """Cumulative stages of fpsample + a KD-tree library on one cloud (N, 3)."""
+    height = ops_points._FPSAMPLE_TREE_HEIGHT
+    neighbours = np.empty((config.num_group, config.group_size), dtype=np.int64)
+
+    def replay(cloud: np.ndarray) -> int:
+        return ops_points._kdline_start_position(cloud, 0, height)
+
+    def sample(cloud: np.ndarray) -> np.ndarray:
+        return ops_points._fps_one_cloud_fpsample(cloud, config.num_group, 0)
+
+    def search(cloud: np.ndarray) -> None:
+        ops_points._tree_knn(cloud, cloud[sample(cloud)], config.group_size, neighbours, 1)
+
+    tree = "pykdtree" if ops_points.pykdtree is not None else "SciPy cKDTree"
+    return [
+        ("FPS start: replay of fpsample's tree build (numpy, mostly holds the GIL)", replay),
+        (f"+ fpsample QuickFPS, h={height}", sample),
+        (f"+ {tree} build and {config.num_group} queries, k={config.group_size}", search),
+    ]
 
 
 def timed(fn: Callable[..., object], *args: object) -> float:

@@ -24,6 +24,7 @@ from pointllm.ops import (
 )
 from pointllm.ops import points as ops
 
+needs_numba = pytest.mark.skipif(ops.cpu_kernels is None, reason="numba not installed")
 needs_fpsample = pytest.mark.skipif(ops.fpsample is None, reason="fpsample not installed")
 needs_pykdtree = pytest.mark.skipif(ops.pykdtree is None, reason="pykdtree not installed")
 needs_tree = pytest.mark.skipif(not ops._has_tree(), reason="neither pykdtree nor scipy installed")
@@ -45,6 +46,8 @@ def cloud(
 def fps_backends() -> list:
     """(name, fn(xyz, S, start) -> (B, S)) for every FPS backend usable on CPU here."""
     found = [("dispatch", lambda xyz, s, start: farthest_point_sample(xyz, s))]
+    if ops.cpu_kernels is not None:
+        found.append(("numba", ops._fps_numba))
     if ops.fpsample is not None:
         found.append(("fpsample", ops._fps_fpsample))
     return found
@@ -305,14 +308,17 @@ def test_gather_points_matches_indexing():
         assert torch.equal(out[b], points[b][idx[b]])
 
 
-# Library sets group_points can meet: the fused CPU path (pykdtree or cKDTree trees, groups
-# gathered in numpy or, when gradients flow, in torch; serially with one thread), and separate
-# FPS + kNN without a tree library or without fpsample.
+# Library sets group_points can meet: the fused CPU path (numba kernels, or fpsample with
+# pykdtree or cKDTree trees; groups gathered in numpy or, when gradients flow, in torch;
+# serially with one thread), and separate FPS + kNN without numba and without a tree library
+# or fpsample.
 GROUP_SETUPS = {
     "installed": {},
-    "no pykdtree": {"pykdtree": None},
-    "no tree library": {"pykdtree": None, "cKDTree": None},
-    "no fpsample": {"fpsample": None},
+    "no numba": {"cpu_kernels": None},
+    "no numba, no pykdtree": {"cpu_kernels": None, "pykdtree": None},
+    "no numba, no tree library": {"cpu_kernels": None, "pykdtree": None, "cKDTree": None},
+    "no numba, no fpsample": {"cpu_kernels": None, "fpsample": None},
+    "no fpsample, no tree library": {"fpsample": None, "pykdtree": None, "cKDTree": None},
 }
 
 
@@ -359,6 +365,89 @@ def test_group_points_is_differentiable_in_points_and_gathers_alike_without():
     assert not plain_neighborhood.requires_grad and not plain_centers.requires_grad
     assert torch.equal(plain_neighborhood, neighborhood.detach())
     assert torch.equal(plain_centers, centers.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# numba kernels (exact FPS and grouping on CPU)
+
+
+def brute_force_neighbours(xyz: np.ndarray, centers: np.ndarray, k: int) -> np.ndarray:
+    """(G, k) indices of the k smallest (squared distance, index) pairs, distances computed as
+    the kernels do: ((dx*dx + dy*dy) + dz*dz) in xyz's dtype."""
+    diff = xyz[None, :, :] - xyz[centers][:, None, :]  # (G, N, 3)
+    squared = diff * diff
+    distance = (squared[..., 0] + squared[..., 1]) + squared[..., 2]  # (G, N)
+    index = np.broadcast_to(np.arange(len(xyz)), distance.shape)
+    return np.stack([np.lexsort((i, d))[:k] for d, i in zip(distance, index)])
+
+
+def check_kernel_grouping(xyz: np.ndarray, num_group: int, group_size: int) -> None:
+    """cpu_kernels.group equals the reference FPS and brute-force neighbours, order included."""
+    centers, neighbours = ops.cpu_kernels.group(xyz, num_group, group_size)
+    expected = farthest_point_sample_reference(torch.from_numpy(xyz)[None], num_group)[0]
+    np.testing.assert_array_equal(centers, expected.numpy())
+    np.testing.assert_array_equal(neighbours, brute_force_neighbours(xyz, centers, group_size))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("num_points", "num_group", "group_size"),
+    [(1, 1, 1), (2, 2, 2), (40, 40, 40), (300, 37, 16), (3000, 128, 32)],
+)
+def test_kernel_grouping_is_exact_on_random_clouds(num_points, num_group, group_size, dtype):
+    xyz = cloud(1, num_points, seed=num_points)[0].numpy().astype(dtype)
+    check_kernel_grouping(xyz, num_group, group_size)
+
+
+@needs_numba
+def test_kernels_break_distance_ties_by_the_lower_index():
+    """A shuffled integer lattice, each point twice: distances tie everywhere, exactly."""
+    gen = np.random.default_rng(0)
+    lattice = np.stack(np.meshgrid(*[np.arange(6)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    xyz = gen.permutation(np.concatenate([lattice, lattice])).astype(np.float32)  # (432, 3)
+    check_kernel_grouping(xyz, 64, 27)
+    same = np.zeros((50, 3), dtype=np.float32)  # one point, 50 times: FPS repeats index 0
+    check_kernel_grouping(same, 5, 7)
+
+
+@needs_numba
+def test_kernel_grouping_on_clusters_and_outliers():
+    """Far outliers (their neighbours lie beyond the grid span: the full-scan fallback) and
+    two tiny clusters far apart (a covering radius far below the cloud's size: a coarser grid)."""
+    gen = np.random.default_rng(1)
+    cluster = gen.normal(size=(2000, 3)) * 0.01
+    outliers = gen.normal(size=(12, 3)) * 50
+    check_kernel_grouping(np.concatenate([cluster, outliers]).astype(np.float32), 64, 32)
+    pair = np.concatenate([cluster[:1000], cluster[1000:] + 1e4]).astype(np.float64)
+    check_kernel_grouping(pair, 256, 16)
+
+
+@needs_numba
+def test_kernel_fps_from_any_start():
+    xyz = cloud(1, 500, seed=4)[0].numpy()
+    for start in (0, 1, 250, 499):
+        got = ops.cpu_kernels.farthest_point_sample(xyz, 60, start)
+        expected = farthest_point_sample_reference(
+            torch.from_numpy(xyz)[None], 60, torch.tensor([start])
+        )[0]
+        np.testing.assert_array_equal(got, expected.numpy())
+
+
+@needs_numba
+@needs_tree
+def test_kernels_retry_float32_overflow_in_float64_and_reject_float64_overflow():
+    points = cloud(2, 300, seed=8) * 1e20  # squared float32 distances overflow
+    neighborhood, centers = group_points(points, 16, 8)
+    center_idx = farthest_point_sample(points.double(), 16)
+    assert torch.equal(farthest_point_sample(points, 16), center_idx)
+    assert torch.equal(centers, gather_points(points, center_idx))
+    # The KD-tree backends rank float32 overflow in float64 too.
+    expected = gather_points(points, knn(centers, points, 8))  # (B, G, K, 3)
+    expected -= centers.unsqueeze(2)
+    assert torch.equal(neighborhood, expected)
+    with pytest.raises(ValueError, match="too large to group: squared distances overflow float64"):
+        group_points(cloud(1, 50, torch.float64) * 1e160, 4, 3)
 
 
 # ---------------------------------------------------------------------------------------------

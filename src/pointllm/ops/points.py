@@ -3,18 +3,19 @@
 Each sampling/neighbourhood op has a naive reference that mirrors the original PointLLM
 (`*_reference`) and a fast public entry point that picks a backend:
 
-- `farthest_point_sample`: a Triton kernel for CUDA tensors when Triton is installed; the
-  `fpsample` QuickFPS wheel on CPU when it is installed; otherwise the reference loop.
+- `farthest_point_sample`: a Triton kernel for CUDA tensors when Triton is installed; on CPU the
+  numba kernel of `pointllm.ops.cpu_kernels` when numba is installed, else the `fpsample`
+  QuickFPS wheel; otherwise the reference loop.
 - `knn`: on CPU a KD-tree per cloud, `pykdtree` when installed, else `scipy.spatial.cKDTree`;
   otherwise exact `torch.cdist` + `topk`, chunked over queries to bound memory.
-- `group_points`: on CPU with `fpsample` and a KD-tree library, one task per cloud runs FPS,
-  builds the tree, queries the centers and gathers the groups, all in numpy (the gather moves to
-  torch when gradients must flow to the points).
+- `group_points`: on CPU, one task per cloud computes the centers and neighbourhoods (the numba
+  kernels, else fpsample then a KD-tree) and gathers the groups, all in numpy (the gather moves
+  to torch when gradients must flow to the points).
 
-CPU backends run one cloud per task on a thread pool (fpsample, pykdtree and SciPy release the
-GIL); its size is `torch.get_num_threads()`, so `torch.set_num_threads(1)` (as DataLoader
-workers do) keeps them single-threaded. The pool lives for the process and is forgotten in a
-forked child, whose threads do not survive the fork.
+CPU backends run one cloud per task on a thread pool (numba kernels, fpsample, pykdtree and
+SciPy release the GIL); its size is `torch.get_num_threads()`, so `torch.set_num_threads(1)` (as
+DataLoader workers do) keeps them single-threaded. The pool lives for the process and is
+forgotten in a forked child, whose threads do not survive the fork.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ import torch
 
 from pointllm.ops import triton_fps
 
-try:  # optional fast CPU farthest point sampling
+try:  # optional exact CPU FPS and grouping kernels (numba)
+    from pointllm.ops import cpu_kernels
+except ImportError:  # pragma: no cover - depends on the environment
+    cpu_kernels = None
+
+try:  # optional fast CPU farthest point sampling, used when numba is missing
     import fpsample
 except ImportError:  # pragma: no cover - depends on the environment
     fpsample = None
@@ -320,6 +326,34 @@ def _fps_fpsample(xyz: torch.Tensor, num_samples: int, start_idx: torch.Tensor) 
     return torch.from_numpy(np.stack(rows))
 
 
+def _fps_numba(xyz: torch.Tensor, num_samples: int, start_idx: torch.Tensor) -> torch.Tensor:
+    """CPU FPS with the numba kernel (`cpu_kernels`), one thread per cloud.
+
+    xyz: (B, N, 3) CPU; start_idx: (B,). Returns (B, S) int64: the reference's sequence, ties
+    included (the lowest index among equal distances), in float64 for float64 input and float32
+    otherwise.
+    """
+    (clouds,) = _tree_arrays(xyz)  # (B, N, 3) float32 or float64
+    starts = start_idx.tolist()
+    rows = _map_clouds(
+        lambda b: _fps_one_cloud_numba(np.ascontiguousarray(clouds[b]), num_samples, starts[b]),
+        len(starts),
+    )
+    return torch.from_numpy(np.stack(rows))
+
+
+def _fps_one_cloud_numba(cloud: np.ndarray, num_samples: int, start: int) -> np.ndarray:
+    """`cpu_kernels.farthest_point_sample` of cloud (N, 3), in float64 when squared float32
+    distances overflow (coordinates beyond ~1e19), else by the reference loop -> (S,) int64."""
+    idx = cpu_kernels.farthest_point_sample(cloud, num_samples, start)
+    if idx is None and cloud.dtype == np.float32:
+        idx = cpu_kernels.farthest_point_sample(cloud.astype(np.float64), num_samples, start)
+    if idx is None:
+        xyz = torch.from_numpy(cloud).unsqueeze(0)  # (1, N, 3)
+        idx = farthest_point_sample_reference(xyz, num_samples, torch.tensor([start]))[0].numpy()
+    return idx
+
+
 def farthest_point_sample(
     xyz: torch.Tensor, num_samples: int, *, random_start: bool = False
 ) -> torch.Tensor:
@@ -327,8 +361,9 @@ def farthest_point_sample(
 
     Deterministic: starts at point 0 of every cloud, which gives the original PointLLM sequence
     when its (random) start is 0. random_start=True draws each cloud's start from torch's RNG.
-    Backend: Triton on CUDA when installed, fpsample on CPU when installed, else the reference
-    loop; all return the reference's sequence on inputs without ties. See each backend for ties.
+    Backend: Triton on CUDA when installed; on CPU numba's kernel, else fpsample, when
+    installed; else the reference loop. All return the reference's sequence on inputs without
+    ties; the numba kernel also with ties. See each backend for ties.
     """
     _check_cloud("xyz", xyz, xyz_only=True)
     batch, num_points, _ = xyz.shape
@@ -350,6 +385,8 @@ def _farthest_point_sample(
             return triton_fps.farthest_point_sample_triton(xyz, num_samples, start_idx)
         except Exception as exc:  # compiler/driver errors differ across Triton versions
             triton_fps.disable(exc)
+    if xyz.device.type == "cpu" and cpu_kernels is not None:
+        return _fps_numba(xyz, num_samples, start_idx)
     if xyz.device.type == "cpu" and fpsample is not None:
         return _fps_fpsample(xyz, num_samples, start_idx)
     return farthest_point_sample_reference(xyz, num_samples, start_idx)
@@ -556,22 +593,51 @@ def _group_with(
     return _gather_groups(points, center_idx, neighbour_idx)
 
 
+def _group_indices_numba(
+    cloud: np.ndarray, num_group: int, group_size: int, workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centers (G,) and neighbours (G, K) of cloud (N, 3) by the numba kernels, in float64 when
+    squared float32 distances overflow. workers: unused (one thread per cloud)."""
+    found = cpu_kernels.group(cloud, num_group, group_size)
+    if found is None and cloud.dtype == np.float32:
+        found = cpu_kernels.group(cloud.astype(np.float64), num_group, group_size)
+    if found is None:
+        raise ValueError(
+            f"points are too large to group: squared distances overflow float64 "
+            f"(largest |coordinate| {np.abs(cloud).max():.3g})"
+        )
+    return found
+
+
+def _group_indices_libraries(
+    cloud: np.ndarray, num_group: int, group_size: int, workers: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centers (G,) and neighbours (G, K) of cloud (N, 3) by fpsample then a KD-tree, whose
+    queries use `workers` threads (cKDTree) or the calling thread's OpenMP team (pykdtree)."""
+    center_idx = _fps_one_cloud_fpsample(cloud.astype(np.float32, copy=False), num_group, 0)
+    neighbour_idx = np.empty((num_group, group_size), dtype=np.int64)
+    _tree_knn(cloud, cloud[center_idx], group_size, neighbour_idx, workers)
+    return center_idx, neighbour_idx
+
+
 def _group_cpu(
     points: torch.Tensor, num_group: int, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`group_points` on validated CPU points (B, N, C), one pool task per cloud, in numpy.
 
-    Each task copies its cloud's xyz, samples it (fpsample from point 0), builds its KD-tree,
-    queries the centers and, unless gradients must flow to points (or the dtype has no numpy
-    twin), gathers its groups straight into the output. So the call runs no torch parallel op:
-    those leave torch's OpenMP workers spinning (~6 ms of CPU each time) while the pool needs
-    the cores. Same indices as `_fps_fpsample` then `_knn_tree` on the gathered centers, same
-    values as `_gather_groups`.
+    Each task copies its cloud's xyz, finds its centers and neighbours (the numba kernels when
+    installed, else fpsample and a KD-tree) and, unless gradients must flow to points (or the
+    dtype has no numpy twin), gathers its groups straight into the output. So the call runs no
+    torch parallel op: those leave torch's OpenMP workers spinning (~6 ms of CPU each time)
+    while the pool needs the cores. Same indices as `farthest_point_sample` then `knn` on the
+    gathered centers (up to the order of neighbours at equal distances), same values as
+    `_gather_groups`.
     """
     batch, _, channels = points.shape
     (clouds,) = _tree_arrays(points[..., :3])  # (B, N, 3) views, float32 or float64
     center_idx = np.empty((batch, num_group), dtype=np.int64)
     neighbour_idx = np.empty((batch, num_group, group_size), dtype=np.int64)
+    indices = _group_indices_numba if cpu_kernels is not None else _group_indices_libraries
     workers = torch.get_num_threads() if batch == 1 else 1
     differentiable = torch.is_grad_enabled() and points.requires_grad
     gather_here = not differentiable and points.dtype in (torch.float32, torch.float64)
@@ -584,8 +650,7 @@ def _group_cpu(
 
     def one(b: int) -> None:
         cloud = np.ascontiguousarray(clouds[b])  # (N, 3): copies happen here, on the pool
-        center_idx[b] = _fps_one_cloud_fpsample(cloud.astype(np.float32, copy=False), num_group, 0)
-        _tree_knn(cloud, cloud[center_idx[b]], group_size, neighbour_idx[b], workers)
+        center_idx[b], neighbour_idx[b] = indices(cloud, num_group, group_size, workers)
         if gather_here:
             flat = groups[b].reshape(num_group * group_size, channels)  # a view
             # mode="clip" skips take's buffered bounds check; the indices are valid.
@@ -606,11 +671,13 @@ def group_points(
 
     points: (B, N, C) with xyz first (C = 3 or 6). Returns neighborhood (B, G, K, C) whose xyz is
     relative to its center and whose other channels are unchanged, and centers (B, G, 3).
-    Neighbours are ordered nearest first, so each group starts with its center. Same result as
-    `farthest_point_sample` then `knn` and a gather (on CPU, fused into one task per cloud).
-    Differentiable with respect to points.
+    Neighbours are ordered nearest first, so each group starts at its center. Same result as
+    `farthest_point_sample` then `knn` and a gather, up to the order of equally distant
+    neighbours (on CPU fused into one task per cloud; the numba kernels break distance ties by
+    the lower point index). Differentiable with respect to points.
     """
-    if points.device.type == "cpu" and fpsample is not None and _has_tree():
+    fused = cpu_kernels is not None or (fpsample is not None and _has_tree())
+    if points.device.type == "cpu" and fused:
         _check_group(points, num_group, group_size)
         return _group_cpu(points, num_group, group_size)
     return _group_with(points, num_group, group_size, _farthest_point_sample, _knn)
