@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,11 +164,13 @@ def test_yaml_recipe_command_line_overrides_and_original_flags(tmp_path):
         "conversation_types: [detailed_description, single_round]\n"
         "gradient_checkpointing: true\n"
     )
-    model_args, data_args, training_args = parse_args(
-        ["--config", str(recipe), "--learning_rate", "1e-4", "--version", "v1"]
-        + ["--stage_2", "True", "--fix_pointnet", "False", "--pointnum", "1024"]
-        + ["--evaluation_strategy", "no", "--data_debug_num", "0", "--fix_llm", "False"]
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no renamed transformers field is used
+        model_args, data_args, training_args = parse_args(
+            ["--config", str(recipe), "--learning_rate", "1e-4", "--version", "v1"]
+            + ["--stage_2", "True", "--fix_pointnet", "False", "--pointnum", "1024"]
+            + ["--evaluation_strategy", "no", "--data_debug_num", "0", "--fix_llm", "False"]
+        )
     assert training_args.learning_rate == 1e-4  # the command line wins over the file
     assert training_args.activation_checkpointing is True
     assert training_args.remove_unused_columns is False  # point_clouds must reach the model

@@ -247,8 +247,11 @@ def _split_flags(argv: Sequence[str]) -> list[list[str]]:
     return groups
 
 
+_HAS_ACTIVATION_CHECKPOINTING = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+
+
 def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
-    """Rewrite the original PointLLM script's flags into ours (same meaning)."""
+    """Rewrite the original PointLLM script's flags (and names transformers renamed) into ours."""
     out: list[str] = []
     for flag, *values in _split_flags(argv):
         value = values[0] if values else None
@@ -266,6 +269,9 @@ def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
         elif flag == "--warmup_ratio":
             # transformers 5 folded the ratio into warmup_steps (a float below 1 is a ratio).
             out += ["--warmup_steps", *values]
+        elif flag == "--gradient_checkpointing" and _HAS_ACTIVATION_CHECKPOINTING:
+            # transformers 5 renamed it (the old name still works, with a FutureWarning).
+            out += ["--activation_checkpointing", *values]
         elif flag == "--pointnum":
             out += ["--num_points", *values]
         elif flag == "--data_debug_num":
