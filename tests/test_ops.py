@@ -421,6 +421,9 @@ def test_kernel_grouping_on_clusters_and_outliers():
     check_kernel_grouping(np.concatenate([cluster, outliers]).astype(np.float32), 64, 32)
     pair = np.concatenate([cluster[:1000], cluster[1000:] + 1e4]).astype(np.float64)
     check_kernel_grouping(pair, 256, 16)
+    # The k-d split still finds the points inside a box that is mostly empty space.
+    _, starts, *_ = ops.cpu_kernels._leaves(pair, 32)
+    assert np.diff(starts).max() <= 32
 
 
 @needs_numba

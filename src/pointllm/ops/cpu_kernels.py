@@ -96,14 +96,16 @@ def _leaves(xyz, leaf_size):
     above = np.empty(n, np.int64)
     starts = np.empty(n + 1, np.int64)
     num_leaves = 0
-    # Depth-first over nodes (start, stop) with their (loose) boxes: left children pop first, so
-    # leaves come out in order.
-    stack = np.empty((n + 1, 2), np.int64)
+    # Depth-first over nodes (start, stop, tight) with their boxes: left children pop first, so
+    # leaves come out in order. A child's box is its parent's cut at the split (loose); when its
+    # midpoint misses the points, the node is split again on its points' own (tight) box.
+    stack = np.empty((n + 1, 3), np.int64)
     stack_box = np.empty((n + 1, 6), xyz.dtype)
     for a in range(3):
         stack_box[0, a] = soa[a].min()
         stack_box[0, 3 + a] = soa[a].max()
-    # Squared distances are bounded by the squared diagonal: finite iff it is.
+    # Squared distances are bounded by the squared diagonal (rounding is monotone): all are
+    # finite when it is.
     diagonal2 = stack_box[0, 3] - stack_box[0, 3]
     for a in range(3):
         side = stack_box[0, 3 + a] - stack_box[0, a]
@@ -111,6 +113,7 @@ def _leaves(xyz, leaf_size):
     finite = np.isfinite(diagonal2)
     stack[0, 0] = 0
     stack[0, 1] = n
+    stack[0, 2] = 1
     top = 1
     while top > 0:
         top -= 1
@@ -141,12 +144,25 @@ def _leaves(xyz, leaf_size):
                 mid = lo + num_below
                 stack[top, 0] = mid
                 stack[top, 1] = hi
+                stack[top, 2] = 0
                 stack_box[top + 1] = stack_box[top]
                 stack_box[top, dim] = split
                 top += 1
                 stack[top, 0] = lo
                 stack[top, 1] = mid
+                stack[top, 2] = 0
                 stack_box[top, 3 + dim] = split
+                top += 1
+                continue
+            if stack[top, 2] == 0:
+                for a in range(3):
+                    stack_box[top, a] = soa[a, order[lo]]
+                    stack_box[top, 3 + a] = soa[a, order[lo]]
+                    for t in range(lo + 1, hi):
+                        value = soa[a, order[t]]
+                        stack_box[top, a] = min(stack_box[top, a], value)
+                        stack_box[top, 3 + a] = max(stack_box[top, 3 + a], value)
+                stack[top, 2] = 1
                 top += 1
                 continue
         starts[num_leaves] = lo
