@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -231,20 +230,6 @@ def test_generate_dataset_rejects_bad_arguments(tmp_path, kwargs, message):
     args = {"out_dir": tmp_path, "num_objects": 4, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
         S.generate_dataset(**args)
-
-
-def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "x.json"
-    S.write_bytes_atomic(target, b"old")
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        S.write_bytes_atomic(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
 def test_save_preview_draws_the_cloud_colors(tmp_path):

@@ -256,11 +256,10 @@ def _chat_examples(ctx: Context) -> list[dict[str, str]]:
 
 
 def _phase_chat(ctx: Context) -> dict[str, Any]:
-    import json
 
+    from pointllm.atomic import write_json
     from pointllm.data.io import load_point_cloud
     from pointllm.data.preview import save_preview
-    from pointllm.data.synthetic import write_bytes_atomic
     from pointllm.eval.run import point_file
     from pointllm.infer.api import load
 
@@ -274,9 +273,7 @@ def _phase_chat(ctx: Context) -> dict[str, Any]:
         cloud = load_point_cloud(path, num_points=model.num_points)
         save_preview(cloud, preview, title=f"{example['object_id']} (a {example['category']})")
         example["preview"] = str(preview)
-    write_bytes_atomic(
-        ctx.out / "chat" / "examples.json", (json.dumps(examples, indent=2) + "\n").encode()
-    )
+    write_json(ctx.out / "chat" / "examples.json", examples)
     return {
         "key": f"{len(examples)} examples, previews in {ctx.out / 'chat'}",
         "examples": examples,
@@ -370,10 +367,9 @@ def run_demo(
     this?" scored by the matcher), num_categories, num_eval_objects, caption_metrics (the
     `eval metrics --json` object), phases (name -> seconds), total_seconds, model_dir.
     """
-    import json
     import shutil
 
-    from pointllm.data.synthetic import write_bytes_atomic
+    from pointllm.atomic import write_json
 
     plan = QUICK if quick else FULL
     ctx = Context(Path(out_dir), plan, progress)
@@ -405,7 +401,7 @@ def run_demo(
                 "settings": settings,
                 "result": result,
             }
-            write_bytes_atomic(marker, (json.dumps(record, indent=2) + "\n").encode())
+            write_json(marker, record)
             print(f"[{number}/{len(PHASES)}] {name}: {result['key']} ({record['seconds']:.0f} s)")
         records[name] = record
     evaluation = records["eval"]["result"]
@@ -418,7 +414,7 @@ def run_demo(
         "total_seconds": round(sum(records[name]["seconds"] for name in PHASES), 2),
         "model_dir": str(ctx.final_model.resolve()),
     }
-    write_bytes_atomic(ctx.out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+    write_json(ctx.out / SUMMARY_FILE, summary)
     _print_report(ctx, records, summary)
     return summary
 

@@ -22,6 +22,8 @@ import shlex
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from pointllm.atomic import write_text
+
 SCHEDULERS = ("pbs", "slurm")
 _NAMES = {"pbs": "PBS", "slurm": "Slurm"}
 JOBS = ("interactive", "stage1", "stage2")
@@ -408,25 +410,6 @@ def render(spec: JobSpec) -> str:
 # ---- files and the command line --------------------------------------------------------------
 
 
-def write_script(text: str, path: str | Path) -> Path:
-    """Write an executable script atomically (temporary file in the same folder, then rename)."""
-    import os
-    import tempfile
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 # The scripts shipped in hpc/: every scheduler x (interactive, both stages on 1 GPU, 1 node x 8
 # GPUs and 2 nodes x 8 GPUs). Multi-node runs keep the original global batch (128 / 32).
 EXAMPLE_SHAPES = {
@@ -500,7 +483,7 @@ def _render_command(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text, end="")
         return 0
-    path = write_script(text, args.output)
+    path = write_text(args.output, text, executable=True)
     if spec.job == "interactive":
         print(f"wrote {path}; run it on the login node to get a shell on a compute node")
     else:
@@ -512,7 +495,9 @@ def _render_command(args: argparse.Namespace) -> int:
 def _examples_command(args: argparse.Namespace) -> int:
     for relative, spec in example_specs().items():
         # The scripts name themselves relative to the project root; --out only moves the files.
-        path = write_script(render(spec), Path(args.out) / Path(relative).relative_to("hpc"))
+        path = write_text(
+            Path(args.out) / Path(relative).relative_to("hpc"), render(spec), executable=True
+        )
         print(path)
     return 0
 

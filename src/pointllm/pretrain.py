@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pointllm.atomic import write_json
+
 if TYPE_CHECKING:
     import torch
 
@@ -337,7 +339,7 @@ def _save_checkpoint(model: torch.nn.Module, config: PointBertConfig, path: Path
 
     import torch
 
-    from pointllm.data.synthetic import write_bytes_atomic
+    from pointllm.atomic import write_bytes
     from pointllm.model.encoder import CHECKPOINT_PREFIX
 
     def cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -351,15 +353,7 @@ def _save_checkpoint(model: torch.nn.Module, config: PointBertConfig, path: Path
     }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    import json
-
-    from pointllm.data.synthetic import write_bytes_atomic
-
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+    write_bytes(path, buffer.getvalue())
 
 
 def point_config_fields(config: PointBertConfig) -> dict[str, int]:
@@ -501,7 +495,7 @@ def pretrain_encoder(
 
     _save_checkpoint(model, config, checkpoint)
     config_path, summary_path = sibling_paths(checkpoint)
-    _write_json(config_path, point_config_fields(config))
+    write_json(config_path, point_config_fields(config))
     result = PretrainResult(
         checkpoint=str(checkpoint),
         config_path=str(config_path),
@@ -516,7 +510,7 @@ def pretrain_encoder(
         num_eval_objects=num_eval,
         point_config=point_config_fields(config),
     )
-    _write_json(summary_path, asdict(result))
+    write_json(summary_path, asdict(result))
     return result
 
 

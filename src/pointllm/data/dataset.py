@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pointllm.atomic import atomic_file
 from pointllm.config import (
     POINT_END_TOKEN,
     POINT_PATCH_TOKEN,
@@ -596,14 +597,7 @@ def write_clean_annotations(
 ) -> int:
     """Write the good records (unchanged, in order) to `out` atomically; returns how many."""
     good = [records[i] for i in report.good]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(good, f, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out, "w") as f:
+        json.dump(good, f, ensure_ascii=False)
+        f.write("\n")
     return len(good)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pointllm.atomic import atomic_file
 from pointllm.ops import farthest_point_sample, normalize_point_cloud
 
 # The original's modelnet40_shape_names_modified.txt: the official order, "_" -> " ".
@@ -181,13 +182,6 @@ def convert_modelnet40(
     """Rewrite a ModelNet40 `.dat` pickle (or .npz) as a plain `.npz` with the stored arrays,
     atomically. Returns the number of clouds."""
     points, labels = read_modelnet40(src, trust_pickle=trust_pickle)
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
-            np.savez(f, points=points.astype(np.float32), labels=labels.astype(np.int64))
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(dst, "wb") as f:  # a file object: numpy does not append ".npz" to its name
+        np.savez(f, points=points.astype(np.float32), labels=labels.astype(np.int64))
     return len(labels)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pointllm.data.synthetic import write_bytes_atomic
+from pointllm.atomic import write_bytes
 
 # (title, elevation, azimuth) in matplotlib's z-up frame; the cloud is y-up, see _to_plot_frame.
 _VIEWS = (("front", 10.0, -90.0), ("side", 10.0, 0.0), ("oblique", 35.0, -55.0))
@@ -58,5 +58,5 @@ def save_preview(points: np.ndarray, path: str | Path, title: str | None = None)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", facecolor=_BACKGROUND)
     path = Path(path)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
     return path

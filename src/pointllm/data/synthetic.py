@@ -11,17 +11,15 @@ the up axis with a small tilt, lightly noised, and normalized like PointLLM's `p
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
-import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from pointllm.atomic import write_bytes, write_json
 
 PALETTE: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.12, 0.12),
@@ -45,21 +43,6 @@ def nearest_color_name(rgb: np.ndarray) -> str | list[str]:
     rgb = np.asarray(rgb, dtype=np.float64)
     idx = np.linalg.norm(rgb[..., None, :] - _PALETTE_RGB, axis=-1).argmin(-1)
     return COLOR_NAMES[int(idx)] if idx.ndim == 0 else [COLOR_NAMES[i] for i in idx]
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write data to path via a temp file in the same folder and os.replace (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 # --------------------------------------------------------------------------- surface primitives
@@ -833,10 +816,6 @@ def _plan(num_objects: int, seed: int, val_fraction: float) -> tuple[np.ndarray,
     return labels, is_val
 
 
-def _write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def generate_dataset(
     out_dir: str | Path,
     num_objects: int,
@@ -883,7 +862,7 @@ def generate_dataset(
         )
         buffer = io.BytesIO()
         np.save(buffer, points)
-        write_bytes_atomic(paths["points_dir"] / f"{object_id}_{num_points}.npy", buffer.getvalue())
+        write_bytes(paths["points_dir"] / f"{object_id}_{num_points}.npy", buffer.getvalue())
 
         rng = np.random.default_rng([seed, i, 1])  # text stream, independent of the geometry
         brief = _conversation(
@@ -920,11 +899,11 @@ def generate_dataset(
         "stage1": len(stage1),
         "stage2": len(stage2),
     }
-    _write_json(paths["stage1"], stage1)
-    _write_json(paths["stage2"], stage2)
-    _write_json(paths["val_gt"], val_gt)
-    _write_json(paths["val_cls"], val_cls)
-    _write_json(
+    write_json(paths["stage1"], stage1)
+    write_json(paths["stage2"], stage2)
+    write_json(paths["val_gt"], val_gt)
+    write_json(paths["val_cls"], val_cls)
+    write_json(
         paths["meta"],
         {
             "generator": "pointllm.data.synthetic",

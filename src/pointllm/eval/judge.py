@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pointllm.atomic import write_json
 from pointllm.eval import prompts
-from pointllm.eval.results import evaluated_path, load_results, object_key, write_json
+from pointllm.eval.results import evaluated_path, load_results, object_key
 
 # USD per 1K tokens (prompt, completion), as OpenAI listed them; unknown models cost 0.
 PRICES_PER_1K: dict[str, tuple[float, float]] = {

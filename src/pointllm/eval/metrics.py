@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pointllm.eval.results import evaluated_path, load_results, write_json
+from pointllm.atomic import build_directory_once, write_json
+from pointllm.eval.results import evaluated_path, load_results
 
 METRIC_KEYS = (
     "bleu-1",
@@ -116,9 +116,7 @@ def _build_nltk_layout(source: Path, nltk_data: Path) -> Path:
     Debian's wordnet-base lacks: lexnames, and an empty index.sense. NLTK parses index.sense at
     every load only to map sense keys (2 s of CPU for the real one); METEOR never uses them."""
     target = nltk_data / "corpora" / "wordnet"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
-    try:
+    with build_directory_once(target, complete="lexnames") as tmp:  # another process may win
         for file in source.iterdir():
             if file.is_file() and file.name != "index.sense":
                 shutil.copyfile(file, tmp / file.name)
@@ -129,14 +127,6 @@ def _build_nltk_layout(source: Path, nltk_data: Path) -> Path:
             ]
             (tmp / "lexnames").write_text("".join(lines), encoding="utf-8")
         (tmp / "index.sense").touch()
-        tmp.chmod(0o755)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process built it first
-            if not (target / "lexnames").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -219,7 +219,7 @@ def plot_runs(runs: Sequence[Run], path: str | Path, published: bool = True) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pointllm.data.synthetic import write_bytes_atomic
+    from pointllm.atomic import write_bytes
 
     rows = [(run.name, run.scores) for run in runs]
     if published:
@@ -238,7 +238,7 @@ def plot_runs(runs: Sequence[Run], path: str | Path, published: bool = True) -> 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def write_report(
@@ -250,7 +250,7 @@ def write_report(
     published: bool = True,
 ) -> list[Run]:
     """Collect runs, write the Markdown report and its chart (default: beside it, .png)."""
-    from pointllm.data.synthetic import write_bytes_atomic
+    from pointllm.atomic import write_text
 
     runs = [collect_run(path, judge) for path in paths]
     output = Path(output)
@@ -259,5 +259,5 @@ def write_report(
     link = Path(os.path.relpath(chart.resolve(), output.resolve().parent)).as_posix()
     markdown = f"# Benchmark report\n\n{markdown}\n![benchmark chart]({link})\n"
     plot_runs(runs, chart, published)
-    write_bytes_atomic(output, markdown.encode())
+    write_text(output, markdown)
     return runs

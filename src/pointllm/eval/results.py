@@ -18,13 +18,6 @@ TASKS = ("modelnet-cls", "objaverse-cls", "objaverse-caption")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write obj as indented JSON atomically (temp file + rename: never half-written)."""
-    from pointllm.data.synthetic import write_bytes_atomic
-
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def read_json(path: str | Path, what: str) -> Any:
     """Parse a JSON file; a missing or malformed file is a one-line error naming it."""
     path = Path(path)

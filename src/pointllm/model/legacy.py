@@ -14,10 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from pointllm.atomic import replace_directory
 from pointllm.config import (
     LEGACY_BACKBONE_NAMES,
     LEGACY_TOKEN_KEYS,
@@ -616,27 +613,6 @@ def original_state_dict(model: PointLLMForCausalLM) -> dict[str, torch.Tensor]:
         embeds[ids] = model.point_boundary_embeds.detach().to(embeds.dtype)
         state["model.embed_tokens.weight"] = embeds
     return state
-
-
-@contextmanager
-def replace_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of `out_dir` to write into; on success it replaces `out_dir`
-    (an existing one is removed only then), on failure it is deleted."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_original(

@@ -359,26 +359,11 @@ def save_pointllm(
 ) -> None:
     """Write a self-describing checkpoint (config, safetensors weights, tokenizer) atomically:
     everything goes to a temporary sibling directory that replaces `out_dir` at the end."""
-    import shutil
-    import tempfile
-    from pathlib import Path
+    from pointllm.atomic import replace_directory
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with replace_directory(out_dir) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_pointllm(

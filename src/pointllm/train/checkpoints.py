@@ -9,7 +9,6 @@ into place with `os.replace`, the file that makes the directory loadable (`confi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,31 +16,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pointllm.atomic import write_json
+
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Files whose presence makes a directory loadable; they are removed first and written last.
 LOADABLE_MARKERS = ("config.json", "pointllm_adapter.json")
-
-
-def write_json_atomic(path: str | os.PathLike, data: object) -> None:
-    """Write JSON through a temporary file in the same directory and `os.replace`."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        # mkstemp creates the file private (0600); give it the permissions of a normal file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -63,7 +45,7 @@ def is_complete(checkpoint: Path) -> bool:
 
 def mark_complete(checkpoint: Path, step: int) -> None:
     files = sorted(p.name for p in checkpoint.iterdir() if p.name != COMPLETE_MARKER)
-    write_json_atomic(checkpoint / COMPLETE_MARKER, {"step": step, "files": files})
+    write_json(checkpoint / COMPLETE_MARKER, {"step": step, "files": files})
 
 
 def latest_complete_checkpoint(run_dir: str | os.PathLike) -> Path | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
+from pointllm.atomic import write_json
 from pointllm.train.args import (
     ArgumentError,
     DataArguments,
@@ -21,7 +22,6 @@ from pointllm.train.args import (
 from pointllm.train.checkpoints import (
     latest_complete_checkpoint,
     publish_directory,
-    write_json_atomic,
 )
 from pointllm.train.lora import apply_lora, merge_lora, quantization_kwargs
 from pointllm.train.stages import apply_plan, build_model, stage_plan
@@ -108,7 +108,7 @@ def train(
         **parameters,
     }
     if training_args.should_save:
-        write_json_atomic(Path(training_args.output_dir) / SUMMARY_FILE, summary)
+        write_json(Path(training_args.output_dir) / SUMMARY_FILE, summary)
     return TrainResult(
         Path(training_args.output_dir), trainer.state.global_step, interrupted, resume, summary
     )
@@ -189,7 +189,7 @@ def save_final_model(
         return
     # The Trainer pickles its arguments; the published model carries them as JSON instead.
     (staging / "training_args.bin").unlink(missing_ok=True)
-    write_json_atomic(
+    write_json(
         staging / TRAINING_CONFIG_FILE,
         {
             "model_args": asdict(model_args),
