@@ -66,14 +66,20 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def _new_sibling_directory(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """(target, a new empty hidden directory beside it), creating the parent folder if missing."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target)
+    tmp.mkdir()  # 0o777 minus the umask, unlike mkdtemp's 0o700
+    return target, tmp
+
+
 @contextmanager
 def replace_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a new empty sibling directory of `path` to fill; on success it takes the place of
     `path` (an existing directory there is removed only then), on failure it is deleted."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target)
-    tmp.mkdir()
+    target, tmp = _new_sibling_directory(path)
     try:
         yield tmp
         if target.exists():
@@ -93,10 +99,7 @@ def build_directory_once(path: str | os.PathLike[str], *, complete: str) -> Iter
     """Yield a new empty sibling directory of `path` to fill; on success it becomes `path`, unless
     another process got there first with a copy that has the file `complete` (a cache built by
     several processes at once: the first finished copy wins, the others are deleted)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target)
-    tmp.mkdir()
+    target, tmp = _new_sibling_directory(path)
     try:
         yield tmp
         try:
