@@ -16,6 +16,8 @@ POINT_PATCH_TOKEN = "<point_patch>"
 POINT_START_TOKEN = "<point_start>"
 POINT_END_TOKEN = "<point_end>"
 POINT_PLACEHOLDER = "<point>"
+# Label value the loss skips (prompt tokens, padding): the default of torch cross-entropy.
+IGNORE_INDEX = -100
 
 # DESIGN.md §2: v1.2 = PointTransformer_8192point_2layer, v1.1 = PointTransformer_base_8192point.
 POINT_BERT_PRESETS: dict[str, dict[str, Any]] = {

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pointllm.config import (
+    IGNORE_INDEX,
     POINT_END_TOKEN,
     POINT_PATCH_TOKEN,
     POINT_PLACEHOLDER,
@@ -24,7 +25,6 @@ from pointllm.config import (
     TEMPLATES,
 )
 
-IGNORE_INDEX = -100
 VICUNA_V1_1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

@@ -24,13 +24,13 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from pointllm.config import (
+    IGNORE_INDEX,
     POINT_END_TOKEN,
     POINT_PATCH_TOKEN,
     POINT_START_TOKEN,
     PointBertConfig,
     PointLLMConfig,
 )
-from pointllm.data.conversation import IGNORE_INDEX
 from pointllm.model.encoder import PointBertEncoder
 from pointllm.model.projector import PointProjector
 
