@@ -134,7 +134,8 @@ def make_points_dir(root: Path, num_objects: int, num_real: int = 4) -> Path:
 
 
 def bench_check(anno: Path, points: Path) -> dict[str, float]:
-    from pointllm.data.dataset import check_annotations, read_annotations
+    from pointllm.data.check import check_annotations
+    from pointllm.data.dataset import read_annotations
 
     start = time.perf_counter()
     records = read_annotations(anno)

@@ -61,7 +61,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """Check an annotation file against its point files; print a table; 1 if anything is wrong."""
-    from pointllm.data.dataset import check_annotations, read_annotations, write_clean_annotations
+    from pointllm.data.check import check_annotations, write_clean_annotations
+    from pointllm.data.dataset import read_annotations
 
     tokenizer = _tokenizer_with_point_tokens(args.tokenizer) if args.tokenizer else None
     records = read_annotations(args.anno)
