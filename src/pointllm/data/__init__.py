@@ -14,7 +14,8 @@ _LAZY = {
     "read_points": "pointllm.data.io",
     "PointCloudError": "pointllm.data.io",
     "save_preview": "pointllm.data.preview",
-    "check_annotations": "pointllm.data.dataset",
+    "check_annotations": "pointllm.data.check",
+    "read_annotations": "pointllm.data.dataset",
     "PointLLMDataset": "pointllm.data.dataset",
     "generate_dataset": "pointllm.data.synthetic",
     "convert_modelnet40": "pointllm.data.modelnet",
@@ -22,7 +23,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from pointllm.data.dataset import PointLLMDataset, check_annotations
+    from pointllm.data.check import check_annotations
+    from pointllm.data.dataset import PointLLMDataset, read_annotations
     from pointllm.data.io import PointCloudError, load_point_cloud, read_points
     from pointllm.data.modelnet import convert_modelnet40, load_modelnet40
     from pointllm.data.preview import save_preview
