@@ -414,7 +414,7 @@ def check_login_node(
         f"this looks like a login node: a scheduler is present ({evidence}) but there is no job "
         "(PBS_JOBID / SLURM_JOB_ID unset) and no GPU",
         f"request a compute node: {' or '.join(commands)}, or submit a batch job "
-        "(`pointllm hpc render ...`, see the README's On a cluster)",
+        "(`pointllm hpc render ...`, see docs/cluster.md)",
     )
 
 

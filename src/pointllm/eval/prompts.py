@@ -1,4 +1,4 @@
-"""Our LLM-judge prompts (written for this project; see the README, "Evaluate a model").
+"""Our LLM-judge prompts (written for this project; see docs/evaluation.md).
 
 Every prompt asks for one line that starts with a number and a `#`: a 0/1 verdict (open-vocabulary
 classification), a class index or -1 (close-set classification), or a 0-100 score (captioning),
