@@ -31,8 +31,7 @@ import torch
 from pointllm.config import PointBertConfig
 from pointllm.model import encoder as encoder_module
 from pointllm.model.encoder import PointBertEncoder
-from pointllm.ops import group_points, group_points_reference, triton_fps
-from pointllm.ops import points as ops_points
+from pointllm.ops import _cpu, cpu_kernels, group_points, group_points_reference, triton_fps
 
 
 def synthetic_clouds(batch: int, num_points: int, seed: int = 0) -> torch.Tensor:
@@ -84,15 +83,7 @@ def backends(device: torch.device) -> str:
         fps = "triton" if triton_fps.triton is not None else "torch loop"
         return f"FPS {fps}, kNN chunked cdist+topk"
     threads = f"{torch.get_num_threads()} threads"
-    if ops_points.cpu_kernels is not None:
-        return f"numba FPS (k-d leaves) + kNN (grid) + gather in one task per cloud, {threads}"
-    fps = "fpsample QuickFPS" if ops_points.fpsample is not None else "torch loop"
-    if not ops_points._has_tree():
-        return f"FPS {fps}, kNN chunked cdist+topk, {threads}"
-    tree = "pykdtree" if ops_points.pykdtree is not None else "SciPy cKDTree"
-    if ops_points.fpsample is None:
-        return f"FPS {fps}, kNN {tree}, {threads}"
-    return f"FPS {fps} + kNN {tree} + gather in one task per cloud, {threads}"
+    return f"numba FPS (k-d leaves) + kNN (grid) + gather in one task per cloud, {threads}"
 
 
 def run(args: argparse.Namespace) -> list[str]:
@@ -137,17 +128,12 @@ def run(args: argparse.Namespace) -> list[str]:
 def cpu_stage_rows(batch: int, num_points: int, config: PointBertConfig, repeats: int) -> list[str]:
     """Median milliseconds of each stage of the fused CPU grouping path, as Markdown rows.
 
-    Per-cloud stages run in one pool thread (as in `group_points`, so pykdtree's OpenMP stays
-    on that thread); the last row times a whole batch on the pool.
+    Per-cloud stages run in one pool thread, as in `group_points`; the last row times a whole
+    batch on the pool.
     """
     points = synthetic_clouds(batch, num_points)  # (B, N, 6)
     clouds = points[..., :3].contiguous().numpy()  # (B, N, 3)
-    if ops_points.cpu_kernels is not None:
-        stages = numba_stages(config)
-    elif ops_points.fpsample is not None and ops_points._has_tree():
-        stages = library_stages(config)
-    else:
-        return ["(stages: the fused CPU path needs numba, or fpsample and pykdtree or SciPy)"]
+    stages = numba_stages(config)
 
     def per_cloud() -> list[float]:
         return [
@@ -155,7 +141,7 @@ def cpu_stage_rows(batch: int, num_points: int, config: PointBertConfig, repeats
             for _, fn in stages
         ]
 
-    medians = ops_points._thread_pool(torch.get_num_threads()).submit(per_cloud).result()
+    medians = _cpu.thread_pool(torch.get_num_threads()).submit(per_cloud).result()
     rows = ["| stage (cumulative) | ms |", "|---|---|"]
     rows += [f"| {name}, one cloud | {ms * 1e3:.2f} |" for (name, _), ms in zip(stages, medians)]
     with torch.inference_mode():
@@ -170,7 +156,7 @@ def cpu_stage_rows(batch: int, num_points: int, config: PointBertConfig, repeats
 
 def numba_stages(config: PointBertConfig) -> list[tuple[str, Callable[[np.ndarray], object]]]:
     """Cumulative stages of the numba kernels on one cloud (N, 3)."""
-    kernels = ops_points.cpu_kernels
+    kernels = cpu_kernels
 
     def leaves(cloud: np.ndarray) -> tuple:
         return kernels._leaves(cloud, kernels.LEAF_SIZE)
@@ -182,44 +168,14 @@ def numba_stages(config: PointBertConfig) -> list[tuple[str, Callable[[np.ndarra
 
     def search(cloud: np.ndarray) -> None:
         order, coords, (positions, radius2) = sample(cloud)
-        kernels._knn_grid(
-            order,
-            coords,
-            positions,
-            config.group_size,
-            float(np.sqrt(radius2)),
-            kernels._OFFSETS,
-            kernels._OFFSET_BOUNDS,
-            kernels.GRID_SPAN,
-            kernels._CELLS_PER_POINT,
+        kernels._search(
+            order, coords, coords[:, positions], config.group_size, float(np.sqrt(radius2))
         )
 
     return [
         (f"k-d leaves of <= {kernels.LEAF_SIZE} points (numba)", leaves),
         (f"+ exact FPS to {config.num_group} centers", sample),
         (f"+ grid kNN, k={config.group_size}", search),
-    ]
-
-
-def library_stages(config: PointBertConfig) -> list[tuple[str, Callable[[np.ndarray], object]]]:
-    """Cumulative stages of fpsample + a KD-tree library on one cloud (N, 3)."""
-    height = ops_points._FPSAMPLE_TREE_HEIGHT
-    neighbours = np.empty((config.num_group, config.group_size), dtype=np.int64)
-
-    def replay(cloud: np.ndarray) -> int:
-        return ops_points._kdline_start_position(cloud, 0, height)
-
-    def sample(cloud: np.ndarray) -> np.ndarray:
-        return ops_points._fps_one_cloud_fpsample(cloud, config.num_group, 0)
-
-    def search(cloud: np.ndarray) -> None:
-        ops_points._tree_knn(cloud, cloud[sample(cloud)], config.group_size, neighbours, 1)
-
-    tree = "pykdtree" if ops_points.pykdtree is not None else "SciPy cKDTree"
-    return [
-        ("FPS start: replay of fpsample's tree build (numpy, mostly holds the GIL)", replay),
-        (f"+ fpsample QuickFPS, h={height}", sample),
-        (f"+ {tree} build and {config.num_group} queries, k={config.group_size}", search),
     ]
 
 

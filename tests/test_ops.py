@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
 from pointllm.ops import (
+    _cpu,
+    cpu_kernels,
     farthest_point_sample,
     farthest_point_sample_reference,
     gather_points,
     group_points,
     group_points_reference,
+    grouping,
     knn,
     knn_reference,
+    neighbours,
     normalize_point_cloud,
+    sampling,
     triton_fps,
 )
-from pointllm.ops import points as ops
 
-needs_numba = pytest.mark.skipif(ops.cpu_kernels is None, reason="numba not installed")
-needs_fpsample = pytest.mark.skipif(ops.fpsample is None, reason="fpsample not installed")
-needs_pykdtree = pytest.mark.skipif(ops.pykdtree is None, reason="pykdtree not installed")
-needs_tree = pytest.mark.skipif(not ops._has_tree(), reason="neither pykdtree nor scipy installed")
-
-# (B, N, S): includes N = S, a single point, sizes below and above fpsample's tree buckets.
+# (B, N, S): includes N = S, a single point, sizes below and above one k-d leaf (64 points).
 FPS_CASES = [(1, 1, 1), (2, 2, 2), (3, 50, 50), (4, 300, 37), (2, 1000, 64), (1, 2048, 128)]
 KNN_CASES = [(1, 1, 1, 1), (2, 40, 5, 40), (3, 300, 37, 16), (2, 1024, 64, 32)]  # (B, N, S, k)
 DTYPES = [torch.float32, torch.float64]
@@ -45,37 +42,21 @@ def cloud(
 
 def fps_backends() -> list:
     """(name, fn(xyz, S, start) -> (B, S)) for every FPS backend usable on CPU here."""
-    found = [("dispatch", lambda xyz, s, start: farthest_point_sample(xyz, s))]
-    if ops.cpu_kernels is not None:
-        found.append(("numba", ops._fps_numba))
-    if ops.fpsample is not None:
-        found.append(("fpsample", ops._fps_fpsample))
-    return found
-
-
-def without_pykdtree(fn):
-    """fn with pykdtree hidden, as when it is not installed: KD-trees come from SciPy."""
-
-    def call(*args):
-        with mock.patch.object(ops, "pykdtree", None):
-            return fn(*args)
-
-    return call
+    return [
+        ("dispatch", lambda xyz, s, start: farthest_point_sample(xyz, s)),
+        ("numba", sampling._fps_numba),
+    ]
 
 
 def knn_backends() -> list:
     """(name, fn(query, points, k) -> (B, S, k)) for every kNN backend usable on CPU here."""
-    found = [
+    return [
         ("dispatch", knn),
-        ("torch", ops._knn_torch),
+        ("numba", neighbours._knn_numba),
+        ("torch", neighbours._knn_torch),
         # A tiny memory bound forces one query per chunk.
-        ("torch-chunked", lambda q, p, k: ops._knn_torch(q, p, k, chunk_bytes=1)),
+        ("torch-chunked", lambda q, p, k: neighbours._knn_torch(q, p, k, chunk_bytes=1)),
     ]
-    if ops.pykdtree is not None:
-        found.append(("pykdtree", ops._knn_tree))
-    if ops.cKDTree is not None:
-        found.append(("cKDTree", without_pykdtree(ops._knn_tree)))
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,12 +129,11 @@ def test_fps_backends_match_reference(batch, num_points, num_samples, dtype):
         assert torch.equal(got, expected), name
 
 
-@needs_fpsample
-def test_fps_fpsample_from_any_start_and_random_start():
+def test_fps_from_any_start_and_random_start():
     xyz = cloud(4, 700, seed=3)
     start = torch.tensor([0, 699, 350, 17])
     expected = farthest_point_sample_reference(xyz, 40, start)
-    assert torch.equal(ops._fps_fpsample(xyz, 40, start), expected)
+    assert torch.equal(sampling._fps_numba(xyz, 40, start), expected)
 
     torch.manual_seed(5)
     got = farthest_point_sample(xyz, 40, random_start=True)
@@ -161,33 +141,6 @@ def test_fps_fpsample_from_any_start_and_random_start():
     drawn = torch.randint(0, 700, (4,))
     assert torch.equal(got[:, 0], drawn)
     assert torch.equal(got, farthest_point_sample_reference(xyz, 40, drawn))
-
-
-@needs_fpsample
-def test_fps_fpsample_tree_replay_finds_the_start_on_awkward_clouds():
-    """The replayed KD-line build must put QuickFPS's start on our point, with no fallback."""
-    rng = np.random.default_rng(0)
-    clouds = [
-        rng.normal(size=(4096, 3)).astype(np.float32),
-        np.round(rng.normal(size=(2000, 3)), 1).astype(np.float32),  # many duplicates
-        np.concatenate([np.zeros((500, 1)), rng.normal(size=(500, 2))], 1).astype(np.float32),
-        (rng.normal(size=(333, 3)) * [100.0, 1e-3, 1.0]).astype(np.float32),
-        # Nodes of identical points: fpsample splits one point off without partitioning.
-        np.concatenate([np.ones((300, 3)), rng.normal(size=(3, 3))]).astype(np.float32),
-    ]
-    for xyz in clouds:
-        for start in (0, len(xyz) // 2, len(xyz) - 1):
-            position = ops._kdline_start_position(xyz, start, 5)
-            idx = ops.fpsample.bucket_fps_kdline_sampling(xyz, 8, h=5, start_idx=position)
-            assert idx[0] == start
-
-
-@needs_fpsample
-def test_fps_fpsample_falls_back_to_exact_fps_when_the_start_is_wrong(monkeypatch):
-    xyz = cloud(2, 500, seed=4)
-    monkeypatch.setattr(ops, "_kdline_start_position", lambda xyz, point, height: point + 1)
-    start = torch.zeros(2, dtype=torch.long)
-    assert torch.equal(ops._fps_fpsample(xyz, 30, start), farthest_point_sample_reference(xyz, 30))
 
 
 def test_fps_duplicated_points_give_unique_indices():
@@ -240,7 +193,6 @@ def test_knn_backends_match_reference(batch, num_points, num_queries, k, dtype):
         assert (exact.gather(-1, got).diff(dim=-1) >= 0).all(), name
 
 
-@needs_tree
 def test_knn_query_points_from_the_cloud_find_themselves_first():
     points = cloud(3, 500, seed=7)
     centers_idx = farthest_point_sample(points, 20)  # (B, G)
@@ -248,45 +200,42 @@ def test_knn_query_points_from_the_cloud_find_themselves_first():
     assert torch.equal(idx[..., 0], centers_idx)
 
 
-@needs_pykdtree
-def test_knn_pykdtree_reranks_float32_overflow_in_float64():
-    """Squared float32 distances overflow beyond ~1e19: pykdtree alone returns invalid indices."""
+def test_knn_ranks_float32_overflow_in_float64():
+    """Squared float32 distances overflow beyond ~1e19: the kernel reruns in float64."""
     points = cloud(2, 300, seed=8) * 1e20
     query = points[:, :40]
     expected = torch.cdist(query.double(), points.double()).argsort(-1)[..., :5]  # (B, S, 5)
-    assert torch.equal(ops._knn_tree(query, points, 5), expected)
+    assert torch.equal(knn(query, points, 5), expected)
 
 
-@needs_tree
-@pytest.mark.parametrize("backend", ["pykdtree", "cKDTree"])
-def test_knn_float64_overflow_is_a_clear_error(backend, monkeypatch):
-    if backend == "cKDTree":
-        monkeypatch.setattr(ops, "pykdtree", None)
-    elif ops.pykdtree is None:
-        pytest.skip("pykdtree not installed")
+def test_knn_float64_overflow_is_a_clear_error():
     points = cloud(1, 50, torch.float64) * 1e160
     with pytest.raises(ValueError, match="too large for kNN: squared distances overflow"):
         knn(points, points, 3)
 
 
-@needs_pykdtree
-def test_pool_threads_run_pykdtree_openmp_single_threaded():
-    """Pool threads must set every OpenMP runtime pykdtree's queries may use to one thread."""
-    assert ops._OPENMP_THREAD_SETTERS, "no omp_set_num_threads found"
-    runtimes = [ctypes.CDLL(None), ctypes.CDLL(ops.pykdtree.__file__)]
-    pool = ops._thread_pool(2)
-    seen = pool.submit(lambda: [runtime.omp_get_max_threads() for runtime in runtimes]).result()
-    assert seen == [1, 1]
+def test_knn_finds_neighbours_of_queries_anywhere():
+    """Queries inside, beside and far outside the cloud's grid (the full-scan fallback), on a
+    lattice where distances tie exactly: the k smallest (distance, index) pairs, in order."""
+    lattice = np.stack(np.meshgrid(*[np.arange(5)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    xyz = np.random.default_rng(0).permutation(lattice).astype(np.float64)  # (125, 3)
+    queries = np.array([[2.0, 2.0, 2.0], [2.5, 0.5, 4.0], [-3.0, 1.0, 7.0], [1e6, -1e6, 0.0]])
+    got = knn(torch.from_numpy(queries)[None], torch.from_numpy(xyz)[None], 9)[0].numpy()
+    diff = xyz[None] - queries[:, None]  # (S, N, 3)
+    squared = diff * diff
+    distance = (squared[..., 0] + squared[..., 1]) + squared[..., 2]  # (S, N)
+    expected = [np.lexsort((np.arange(len(xyz)), d))[:9] for d in distance]
+    np.testing.assert_array_equal(got, np.stack(expected))
 
 
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.fork")
 def test_thread_pool_is_renewed_in_a_forked_child(monkeypatch):
     """DataLoader workers are forks: the parent's pool threads do not exist there."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert ops._map_clouds(lambda b: b, 2) == [0, 1]  # the parent's pool now exists
+    assert _cpu.map_clouds(lambda b: b, 2) == [0, 1]  # the parent's pool now exists
     context = multiprocessing.get_context("fork")
     results = context.SimpleQueue()
-    child = context.Process(target=lambda: results.put(ops._map_clouds(lambda b: b * 2, 4)))
+    child = context.Process(target=lambda: results.put(_cpu.map_clouds(lambda b: b * 2, 4)))
     child.start()
     child.join(timeout=60)
     if child.is_alive():  # waiting on threads that were never forked
@@ -308,27 +257,19 @@ def test_gather_points_matches_indexing():
         assert torch.equal(out[b], points[b][idx[b]])
 
 
-# Library sets group_points can meet: the fused CPU path (numba kernels, or fpsample with
-# pykdtree or cKDTree trees; groups gathered in numpy or, when gradients flow, in torch;
-# serially with one thread), and separate FPS + kNN without numba and without a tree library
-# or fpsample.
-GROUP_SETUPS = {
-    "installed": {},
-    "no numba": {"cpu_kernels": None},
-    "no numba, no pykdtree": {"cpu_kernels": None, "pykdtree": None},
-    "no numba, no tree library": {"cpu_kernels": None, "pykdtree": None, "cKDTree": None},
-    "no numba, no fpsample": {"cpu_kernels": None, "fpsample": None},
-    "no fpsample, no tree library": {"fpsample": None, "pykdtree": None, "cKDTree": None},
-}
-
-
-@pytest.mark.parametrize("setup", [*GROUP_SETUPS, "one thread", "gradients"])
+# The fused CPU path (groups gathered in numpy, or in torch when gradients flow; serially with
+# one thread), and the separate FPS + chunked kNN that devices other than CPU use.
+@pytest.mark.parametrize("setup", ["fused", "one thread", "gradients", "separate ops"])
 @pytest.mark.parametrize(
     ("batch", "channels", "dtype"), [(2, 6, torch.float32), (1, 3, torch.float64)]
 )
 def test_group_points_matches_reference_and_layout(setup, batch, channels, dtype, monkeypatch):
-    for name, value in GROUP_SETUPS.get(setup, {}).items():
-        monkeypatch.setattr(ops, name, value)
+    if setup == "separate ops":
+        monkeypatch.setattr(
+            grouping,
+            "_group_cpu",
+            lambda p, g, k: grouping._group_with(p, g, k, sampling.fps, neighbours._knn_torch),
+        )
     if setup == "one thread":  # as in DataLoader workers: no pool, clouds in turn
         monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     colors = torch.rand(batch, 400, 3, dtype=dtype)
@@ -383,13 +324,12 @@ def brute_force_neighbours(xyz: np.ndarray, centers: np.ndarray, k: int) -> np.n
 
 def check_kernel_grouping(xyz: np.ndarray, num_group: int, group_size: int) -> None:
     """cpu_kernels.group equals the reference FPS and brute-force neighbours, order included."""
-    centers, neighbours = ops.cpu_kernels.group(xyz, num_group, group_size)
+    centers, neighbours = cpu_kernels.group(xyz, num_group, group_size)
     expected = farthest_point_sample_reference(torch.from_numpy(xyz)[None], num_group)[0]
     np.testing.assert_array_equal(centers, expected.numpy())
     np.testing.assert_array_equal(neighbours, brute_force_neighbours(xyz, centers, group_size))
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("num_points", "num_group", "group_size"),
@@ -400,7 +340,6 @@ def test_kernel_grouping_is_exact_on_random_clouds(num_points, num_group, group_
     check_kernel_grouping(xyz, num_group, group_size)
 
 
-@needs_numba
 def test_kernels_break_distance_ties_by_the_lower_index():
     """A shuffled integer lattice, each point twice: distances tie everywhere, exactly."""
     gen = np.random.default_rng(0)
@@ -411,7 +350,6 @@ def test_kernels_break_distance_ties_by_the_lower_index():
     check_kernel_grouping(same, 5, 7)
 
 
-@needs_numba
 def test_kernel_grouping_on_clusters_and_outliers():
     """Far outliers (their neighbours lie beyond the grid span: the full-scan fallback) and
     two tiny clusters far apart (a covering radius far below the cloud's size: a coarser grid)."""
@@ -422,30 +360,27 @@ def test_kernel_grouping_on_clusters_and_outliers():
     pair = np.concatenate([cluster[:1000], cluster[1000:] + 1e4]).astype(np.float64)
     check_kernel_grouping(pair, 256, 16)
     # The k-d split still finds the points inside a box that is mostly empty space.
-    _, starts, *_ = ops.cpu_kernels._leaves(pair, 32)
+    _, starts, *_ = cpu_kernels._leaves(pair, 32)
     assert np.diff(starts).max() <= 32
 
 
-@needs_numba
 def test_kernel_fps_from_any_start():
     xyz = cloud(1, 500, seed=4)[0].numpy()
     for start in (0, 1, 250, 499):
-        got = ops.cpu_kernels.farthest_point_sample(xyz, 60, start)
+        got = cpu_kernels.farthest_point_sample(xyz, 60, start)
         expected = farthest_point_sample_reference(
             torch.from_numpy(xyz)[None], 60, torch.tensor([start])
         )[0]
         np.testing.assert_array_equal(got, expected.numpy())
 
 
-@needs_numba
-@needs_tree
 def test_kernels_retry_float32_overflow_in_float64_and_reject_float64_overflow():
     points = cloud(2, 300, seed=8) * 1e20  # squared float32 distances overflow
     neighborhood, centers = group_points(points, 16, 8)
     center_idx = farthest_point_sample(points.double(), 16)
     assert torch.equal(farthest_point_sample(points, 16), center_idx)
     assert torch.equal(centers, gather_points(points, center_idx))
-    # The KD-tree backends rank float32 overflow in float64 too.
+    # kNN ranks float32 overflow in float64 too.
     expected = gather_points(points, knn(centers, points, 8))  # (B, G, K, 3)
     expected -= centers.unsqueeze(2)
     assert torch.equal(neighborhood, expected)

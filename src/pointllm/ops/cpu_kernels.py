@@ -1,7 +1,7 @@
 """Numba kernels for CPU point grouping: exact FPS over k-d leaves, exact kNN on a uniform grid.
 
 One call handles one cloud, releases the GIL (`nogil=True`) and allocates only its own arrays, so
-`pointllm.ops.points` runs one call per cloud on its thread pool. Compiled code is cached on disk
+`pointllm.ops` runs one call per cloud on its thread pool. Compiled code is cached on disk
 (`cache=True`: next to this file, else numba's user cache dir), so only the first call in a fresh
 environment pays the compilation (seconds).
 
@@ -17,8 +17,9 @@ smallest (distance, index) pairs, nearest first.
   that: a leaf (or run) whose bounding box is at least its largest distance away from the center
   is skipped. The skip is exact in floating point: rounding is monotone, so no point's computed
   distance can fall below the box's.
-- kNN (`group`): the centers' neighbours are searched on a uniform grid whose cell is the FPS
-  covering radius (every point lies within it of some center). Cells are visited in order of a
+- kNN (`group`, `knn`): neighbours are searched on a uniform grid; for `group` its cell is the FPS
+  covering radius (every point lies within it of some center), for `knn` a fraction of the
+  cloud's extent. Cells are visited in order of a
   lower bound on their distance and skipped, or the search stopped, once that bound exceeds the
   current k-th distance (with a relative margin of `_MARGIN` for rounding). A query whose k-th
   neighbour lies beyond `GRID_SPAN` cells falls back to scanning every point.
@@ -289,9 +290,10 @@ def _scan(grid, grid_index, start, stop, qx, qy, qz, nearest, nearest_index):
 
 
 @numba.njit(cache=True, nogil=True)
-def _knn_grid(order, coords, centers, k, cell, offsets, offset_bounds, span, cells_per_point):
-    """k nearest points (S, k) original indices, nearest first, of the points at leaf-order
-    positions `centers` (S,), among all points coords (3, N) (original indices `order`)."""
+def _knn_grid(order, coords, queries, k, cell, offsets, offset_bounds, span, cells_per_point):
+    """k nearest points (S, k) original indices, nearest first, of each query queries (3, S)
+    among all points coords (3, N) (original indices `order`). `cell`: the grid's cell size,
+    <= 0 to derive one from the cloud's extent."""
     n = coords.shape[1]
     low = np.empty(3)
     high = np.empty(3)
@@ -330,42 +332,52 @@ def _knn_grid(order, coords, centers, k, cell, offsets, offset_bounds, span, cel
             grid[a, slot] = coords[a, t]
         grid_index[slot] = order[t]
 
-    num_queries = centers.shape[0]
+    num_queries = queries.shape[1]
     out = np.empty((num_queries, k), np.int64)
     nearest = np.empty(k, coords.dtype)
     nearest_index = np.empty(k, np.int64)
     cell2 = cell * cell
     beyond_span = span * span * cell2  # no unvisited point is closer than this
     for i in range(num_queries):
-        q = centers[i]
-        qx = coords[0, q]
-        qy = coords[1, q]
-        qz = coords[2, q]
+        qx = queries[0, i]
+        qy = queries[1, i]
+        qz = queries[2, i]
         fx = (qx - low[0]) / cell
         fy = (qy - low[1]) / cell
         fz = (qz - low[2]) / cell
-        ix = min(int(fx), size[0] - 1)
-        iy = min(int(fy), size[1] - 1)
-        iz = min(int(fz), size[2] - 1)
         for j in range(k):
             nearest[j] = np.inf
             nearest_index[j] = n
-        for o in range(offsets.shape[0]):
-            bound = nearest[k - 1] * (1 + _MARGIN)
-            if offset_bounds[o] * cell2 > bound:
-                break  # every later offset is at least as far
-            gx = ix + offsets[o, 0]
-            gy = iy + offsets[o, 1]
-            gz = iz + offsets[o, 2]
-            if gx < 0 or gy < 0 or gz < 0 or gx >= size[0] or gy >= size[1] or gz >= size[2]:
-                continue
-            ux = max(max(gx - fx, fx - (gx + 1)) - _CELL_SLACK, 0.0)
-            uy = max(max(gy - fy, fy - (gy + 1)) - _CELL_SLACK, 0.0)
-            uz = max(max(gz - fz, fz - (gz + 1)) - _CELL_SLACK, 0.0)
-            if (ux * ux + uy * uy + uz * uz) * cell2 > bound:
-                continue
-            c = (gx * size[1] + gy) * size[2] + gz
-            _scan(grid, grid_index, bounds[c], bounds[c + 1], qx, qy, qz, nearest, nearest_index)
+        # A query more than `span` cells outside the grid has no grid cell within reach: it
+        # goes straight to the full scan (which also keeps huge cell numbers out of int).
+        near_grid = (
+            -span <= fx < size[0] + span
+            and -span <= fy < size[1] + span
+            and -span <= fz < size[2] + span
+        )
+        if near_grid:
+            # The query's own cell (maybe outside the grid): the offsets' bounds hold from it.
+            ix = int(np.floor(fx))
+            iy = int(np.floor(fy))
+            iz = int(np.floor(fz))
+            for o in range(offsets.shape[0]):
+                bound = nearest[k - 1] * (1 + _MARGIN)
+                if offset_bounds[o] * cell2 > bound:
+                    break  # every later offset is at least as far
+                gx = ix + offsets[o, 0]
+                gy = iy + offsets[o, 1]
+                gz = iz + offsets[o, 2]
+                if gx < 0 or gy < 0 or gz < 0 or gx >= size[0] or gy >= size[1] or gz >= size[2]:
+                    continue
+                ux = max(max(gx - fx, fx - (gx + 1)) - _CELL_SLACK, 0.0)
+                uy = max(max(gy - fy, fy - (gy + 1)) - _CELL_SLACK, 0.0)
+                uz = max(max(gz - fz, fz - (gz + 1)) - _CELL_SLACK, 0.0)
+                if (ux * ux + uy * uy + uz * uz) * cell2 > bound:
+                    continue
+                c = (gx * size[1] + gy) * size[2] + gz
+                _scan(
+                    grid, grid_index, bounds[c], bounds[c + 1], qx, qy, qz, nearest, nearest_index
+                )
         if not nearest[k - 1] * (1 + _MARGIN) < beyond_span:
             for j in range(k):
                 nearest[j] = np.inf
@@ -400,15 +412,27 @@ def group(xyz: np.ndarray, num_group: int, group_size: int) -> tuple[np.ndarray,
     if not finite:
         return None
     positions, radius2 = _fps(order, starts, coords, box, num_group, 0, LEAVES_PER_NODE)
-    neighbours = _knn_grid(
-        order,
-        coords,
-        positions,
-        group_size,
-        float(np.sqrt(radius2)),
-        _OFFSETS,
-        _OFFSET_BOUNDS,
-        GRID_SPAN,
-        _CELLS_PER_POINT,
-    )
+    # The FPS covering radius: every point lies within it of some center.
+    neighbours = _search(order, coords, coords[:, positions], group_size, float(np.sqrt(radius2)))
     return order[positions], neighbours
+
+
+def knn(xyz: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray | None:
+    """Indices (S, k) int64 of the k nearest points of xyz (N, 3) to each of queries (S, 3), both
+    float32 or both float64, nearest first, ties by the lower index; None when squared distances
+    would overflow their dtype."""
+    corners = np.stack([xyz.min(0), xyz.max(0), queries.min(0), queries.max(0)])  # (4, 3)
+    with np.errstate(over="ignore", invalid="ignore"):
+        extent = corners.max(0) - corners.min(0)  # (3,)
+        if not np.isfinite((extent * extent).sum()):
+            return None
+    coords = np.ascontiguousarray(xyz.T)  # (3, N)
+    order = np.arange(xyz.shape[0])
+    return _search(order, coords, np.ascontiguousarray(queries.T), k, 0.0)
+
+
+def _search(order, coords, queries, k, cell):
+    """`_knn_grid` with this module's grid settings."""
+    return _knn_grid(
+        order, coords, queries, k, cell, _OFFSETS, _OFFSET_BOUNDS, GRID_SPAN, _CELLS_PER_POINT
+    )
