@@ -283,10 +283,13 @@ def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _yaml_value(value: Any) -> list[str]:
+def _yaml_value(key: str, value: Any) -> list[str]:
     if isinstance(value, bool):
-        # A bare flag means True for every boolean field and for `fsdp` (whose value is a string).
-        return [] if value else ["false"]
+        # Optional booleans (use_color, fix_llm: default None) accept no bare flag, so True is
+        # spelt out; `fsdp` is a string field whose bare flag means full sharding.
+        if key == "fsdp":
+            return [] if value else ["false"]
+        return ["true" if value else "false"]
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     if isinstance(value, dict):
@@ -313,7 +316,7 @@ def config_to_argv(path: str | os.PathLike) -> list[str]:
     for key, value in data.items():
         if value is None:
             continue
-        argv += [f"--{key}", *_yaml_value(value)]
+        argv += [f"--{key}", *_yaml_value(key, value)]
     return argv
 
 
