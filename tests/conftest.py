@@ -92,3 +92,46 @@ def make_tiny_model(tokenizer=None, arch: str = "llama", seed: int = 0, **config
 @pytest.fixture
 def tiny_model(base_tokenizer):
     return make_tiny_model(base_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def llama_dir() -> Path:
+    """LLaMA-1's real tokenizer (tokenizer.model + tokenizer.json), rebuilt once from the npm
+    package llama-tokenizer-js and cached; skipped, saying why, where it cannot be built."""
+    from pointllm.data.tokenizers import LlamaTokenizerUnavailable, llama_tokenizer_dir
+
+    try:
+        return llama_tokenizer_dir()
+    except LlamaTokenizerUnavailable as exc:
+        pytest.skip(f"LLaMA tokenizer unavailable: {exc}")
+
+
+# How the published checkpoints' tokenizer folders name their special tokens. transformers 4.28
+# strips the whitespace around a special token given as a plain string in special_tokens_map.json,
+# and not around one given as an AddedToken dict; both forms occur among LLaMA-derived folders.
+ADDED_TOKEN = {"lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+ORIGINAL_TOKENIZER_STYLES = {
+    "v1.2": {
+        k: {"content": v, **ADDED_TOKEN}
+        for k, v in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))
+    }
+    | {"pad_token": "<unk>"},
+    "v1.1": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+}
+
+
+def write_original_tokenizer(llama_dir: Path, directory: Path, style: str = "v1.2") -> Path:
+    """The tokenizer files of an original PointLLM checkpoint: LLaMA's tokenizer.model, a
+    tokenizer_config.json naming LlamaTokenizer, special_tokens_map.json in `style`, and
+    added_tokens.json with the point tokens at 32000-32002."""
+    import json
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(llama_dir / "tokenizer.model", directory / "tokenizer.model")
+    shutil.copy(llama_dir / "tokenizer_config.json", directory / "tokenizer_config.json")
+    specials = ORIGINAL_TOKENIZER_STYLES[style]
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
+    added = {"<point_patch>": 32000, "<point_start>": 32001, "<point_end>": 32002}
+    (directory / "added_tokens.json").write_text(json.dumps(added, indent=2))
+    return directory

@@ -225,22 +225,24 @@ def tokenize_conversation(
     segments = render_segments(
         messages, tokenizer, template, add_generation_prompt=add_generation_prompt
     )
-    if template == "vicuna_v1_1" and add_generation_prompt:
-        # An inference prompt in the original format is tokenized as one string, exactly as the
-        # original code does, so original checkpoints see the ids they were trained on.
-        text = "".join(t for t, _ in segments)
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        if max_length is not None and len(ids) > max_length:
-            raise ConversationTooLong(
-                f"too long: the prompt has {len(ids)} tokens > max length {max_length}"
-            )
-        return TokenizedConversation(ids, [IGNORE_INDEX] * len(ids), False, segments)
+    if template == "vicuna_v1_1":
+        # The original format is tokenized as whole strings, exactly as the original code does,
+        # so original checkpoints see the ids they were trained on.
+        if add_generation_prompt:
+            text = "".join(t for t, _ in segments)
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            if max_length is not None and len(ids) > max_length:
+                raise ConversationTooLong(
+                    f"too long: the prompt has {len(ids)} tokens > max length {max_length}"
+                )
+            return TokenizedConversation(ids, [IGNORE_INDEX] * len(ids), False, segments)
+        input_ids, labels, protected_end = _tokenize_whole(
+            segments, tokenizer, protected_prefix_text
+        )
+        return _truncate(input_ids, labels, segments, max_length, protected_end, True)
     input_ids: list[int] = []
     labels: list[int] = []
     protected_end = 0
-    if template == "vicuna_v1_1" and tokenizer.bos_token_id is not None:
-        input_ids.append(tokenizer.bos_token_id)
-        labels.append(IGNORE_INDEX)
     # One batched call: a tokenizer call costs far more than the few tokens of each segment.
     encoded = tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"]
     for (text, supervised), ids in zip(segments, encoded, strict=True):
@@ -248,6 +250,59 @@ def tokenize_conversation(
         labels.extend(ids if supervised else [IGNORE_INDEX] * len(ids))
         if protected_prefix_text and protected_prefix_text in text:
             protected_end = len(input_ids)
+    return _truncate(
+        input_ids, labels, segments, max_length, protected_end, not add_generation_prompt
+    )
+
+
+def _tokenize_whole(
+    segments: list[tuple[str, bool]], tokenizer, protected_prefix_text: str | None
+) -> tuple[list[int], list[int], int]:
+    """(ids, labels, end of the protected prompt) of a training conversation tokenized as one
+    string, labels from prefix tokenizations.
+
+    The ids before reply k are the tokenization of the text up to its assistant cue (the
+    inference prompt for that history, without the space after the cue), and the supervised ids
+    run from there to the tokenization of the text through the reply's end token. Both must be
+    prefixes of the whole string's ids; a tokenizer that merges across them raises
+    ConversationError. For transformers 4.28's LLaMA tokenizer these labels are those of the
+    original preprocess_v1: its `- 2` drops `<s>` and the lone "▁" that ends "ASSISTANT: ".
+    """
+    text = "".join(t for t, _ in segments)
+    bounds: list[tuple[int, int]] = []  # (cue end, reply end) in characters, per reply
+    at = 0
+    for part, supervised in segments:
+        if supervised:
+            bounds.append((len(text[:at].rstrip()), at + len(part)))
+        at += len(part)
+    prefixes = [text[:end] for bound in bounds for end in bound]
+    # One batched call: a tokenizer call costs far more than the few tokens of each string.
+    encoded = tokenizer([text, *prefixes], add_special_tokens=True)["input_ids"]
+    input_ids = list(encoded[0])
+    labels = [IGNORE_INDEX] * len(input_ids)
+    protected_end = 0
+    for k, (cue, through) in enumerate(zip(encoded[1::2], encoded[2::2], strict=True)):
+        if input_ids[: len(cue)] != cue or input_ids[: len(through)] != through:
+            raise ConversationError(
+                f"reply {k}: the tokenizer merges tokens across the assistant cue or the end "
+                "token, so its prompt ids differ from those of inference"
+            )
+        labels[len(cue) : len(through)] = input_ids[len(cue) : len(through)]
+        if protected_prefix_text and not protected_end and protected_prefix_text in prefixes[2 * k]:
+            protected_end = len(cue)
+    return input_ids, labels, protected_end
+
+
+def _truncate(
+    input_ids: list[int],
+    labels: list[int],
+    segments: list[tuple[str, bool]],
+    max_length: int | None,
+    protected_end: int,
+    require_reply: bool,
+) -> TokenizedConversation:
+    """Cut a sample to `max_length`, never before `protected_end`; ConversationTooLong when that
+    is impossible or, with `require_reply`, when no supervised token would remain."""
     truncated = False
     if max_length is not None and len(input_ids) > max_length:
         if protected_end > max_length:
@@ -256,7 +311,7 @@ def tokenize_conversation(
             )
         input_ids, labels, truncated = input_ids[:max_length], labels[:max_length], True
     result = TokenizedConversation(input_ids, labels, truncated, segments)
-    if not add_generation_prompt and result.num_supervised == 0:
+    if require_reply and result.num_supervised == 0:
         raise ConversationTooLong(
             f"too long: no reply token is left within max length {max_length}"
         )

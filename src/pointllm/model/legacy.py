@@ -33,6 +33,7 @@ from pointllm.config import (
     PROJECTOR_PRESETS,
     PointLLMConfig,
 )
+from pointllm.data.tokenizers import follow_original_llama_rules, reapply_original_llama_rules
 from pointllm.model.pointllm import PointLLMForCausalLM
 
 ORIGINAL_ARCHITECTURE = "PointLLMLlamaForCausalLM"
@@ -276,9 +277,11 @@ def original_config(path: str | os.PathLike, weights: WeightFiles) -> PointLLMCo
 
 
 def load_original_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """The checkpoint's own tokenizer, with pad set to <unk> as the original training does."""
+    """The checkpoint's own tokenizer, with pad set to <unk> as the original training does. A LLaMA
+    tokenizer follows transformers 4.28's slow-tokenizer rules, as the original code used it
+    (pointllm.data.tokenizers; docs/tokenizers.md)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = follow_original_llama_rules(AutoTokenizer.from_pretrained(path), path)
     except Exception as exc:  # tokenizer loading raises many types; name the directory instead
         raise OriginalCheckpointError(
             f"{path}: cannot load the tokenizer ({exc.__class__.__name__}: {exc}); a LLaMA "
@@ -302,6 +305,7 @@ def record_point_token_ids(
         tokens += [POINT_START_TOKEN, POINT_END_TOKEN]
     tokenizer.add_tokens(tokens[:1], special_tokens=True)
     tokenizer.add_tokens(tokens[1:], special_tokens=True)
+    reapply_original_llama_rules(tokenizer)
     ids = tokenizer.convert_tokens_to_ids(tokens)
     rows = config.text_config.vocab_size
     beyond = [f"{token}={i}" for token, i in zip(tokens, ids) if i >= rows]
@@ -499,6 +503,7 @@ def load_init_folder(
                 layer.weight.normal_(0.0, config.text_config.initializer_range)
                 layer.bias.zero_()
     model.setup_point_tokens(tokenizer)
+    reapply_original_llama_rules(tokenizer)  # the point tokens strip whitespace, as in 4.28
     return model, tokenizer
 
 
