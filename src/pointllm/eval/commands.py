@@ -19,12 +19,79 @@ def _fmt(value: float | None) -> str:
     return "null" if value is None else f"{value:.2f}"
 
 
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The `eval run` options given in args, as a command line, without --nproc."""
+    argv = []
+    for action in args.run_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "nproc" or value is None or value is False:
+            continue
+        flag = action.option_strings[0]
+        argv += [flag] if action.nargs == 0 else [flag, str(value)]
+    return argv
+
+
+def _run_processes(args: argparse.Namespace, prompt_index: int) -> dict:
+    """`eval run --nproc N`: the same run in N processes, merged; a failed rank is one line."""
+    from pointllm.cli import CommandError
+    from pointllm.eval.run import ShardsFailed, evaluate_with_workers
+
+    try:
+        return evaluate_with_workers(
+            args.nproc,
+            _worker_argv(args),
+            args.task,
+            args.data_path,
+            prompt_index,
+            args.output,
+            anno_path=args.anno_path,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            device=args.device,
+            trust_pickle=args.trust_pickle,
+            verbose=args.verbose,
+        )
+    except ShardsFailed as exc:
+        raise CommandError(str(exc)) from exc
+
+
 def _run(args: argparse.Namespace) -> int:
     """Generate benchmark results (resuming), print where they went and the matcher score."""
+    prompt_index = _DEFAULT_PROMPT[args.task] if args.prompt_index is None else args.prompt_index
+    if args.nproc is not None:
+        summary = _run_processes(args, prompt_index)
+    else:
+        summary = _evaluate(args, prompt_index)
+    rank = "" if summary["rank"] is None else f"rank {summary['rank']}: "
+    print(f"{rank}{summary['total']} results for {summary['prompt']!r} in {summary['output']}")
+    matcher = summary["matcher"]
+    if matcher is not None:
+        print(
+            f"matcher accuracy ({matcher['class_set']}): {matcher['accuracy']:.2f}% "
+            f"({matcher['correct_predictions']}/{matcher['total_predictions']}, "
+            f"{matcher['unmatched']} naming no class)"
+        )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, prompt_index: int) -> dict:
+    """`eval run` in this process, or as one torchrun worker (whose errors name its rank)."""
+    from pointllm.cli import CommandError
+    from pointllm.eval.run import torchrun_rank
+
+    rank, world_size, _ = torchrun_rank()
+    try:
+        return _evaluate_here(args, prompt_index)
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        if world_size == 1:
+            raise
+        raise CommandError(f"rank {rank}: {exc}") from exc
+
+
+def _evaluate_here(args: argparse.Namespace, prompt_index: int) -> dict:
     from pointllm.eval.run import evaluate_model
 
-    prompt_index = _DEFAULT_PROMPT[args.task] if args.prompt_index is None else args.prompt_index
-    summary = evaluate_model(
+    return evaluate_model(
         args.task,
         args.model,
         args.data_path,
@@ -40,15 +107,6 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         trust_pickle=args.trust_pickle,
     )
-    print(f"{summary['total']} results for {summary['prompt']!r} in {summary['output']}")
-    matcher = summary["matcher"]
-    if matcher is not None:
-        print(
-            f"matcher accuracy ({matcher['class_set']}): {matcher['accuracy']:.2f}% "
-            f"({matcher['correct_predictions']}/{matcher['total_predictions']}, "
-            f"{matcher['unmatched']} naming no class)"
-        )
-    return 0
 
 
 def _judge(args: argparse.Namespace) -> int:
@@ -185,7 +243,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow reading the original ModelNet40 .dat pickle (runs code: only files you trust)",
     )
-    p.set_defaults(func=_run)
+    p.add_argument(
+        "--nproc",
+        type=int,
+        help="split the objects over N processes on this node (torchrun; process i on cuda:i, "
+        "or the CPU) and merge their answers into --output",
+    )
+    p.set_defaults(func=_run, run_parser=p)
 
 
 def _add_judge(sub: argparse._SubParsersAction) -> None:

@@ -5,6 +5,9 @@
 span several nodes. torchrun forwards SIGTERM and SIGUSR1 to the workers and waits
 `--shutdown_timeout` seconds for their checkpoint; the launcher then exits with
 RESUBMIT_EXIT_CODE, as a single-process run does.
+
+`run_torchrun` is the launcher itself, for any `pointllm` subcommand (`pointllm eval run --nproc`
+uses it too); it reports which ranks failed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Set by the launcher; an interrupted worker creates this file so the launcher knows the workers
@@ -48,9 +52,12 @@ def split_launch_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str
 
 
 def torchrun_argv(
-    options: argparse.Namespace, train_argv: Sequence[str], verbose: bool
+    options: argparse.Namespace,
+    train_argv: Sequence[str],
+    verbose: bool,
+    command: Sequence[str] = ("train",),
 ) -> list[str]:
-    """torchrun's argument list for `options` followed by `-m pointllm train ARGS`."""
+    """torchrun's argument list for `options` followed by `-m pointllm COMMAND ARGS`."""
     if options.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {options.nproc}")
     argv = ["--nproc_per_node", str(options.nproc), "--nnodes", str(options.nnodes)]
@@ -70,28 +77,56 @@ def torchrun_argv(
         )
     argv += ["--signals_to_handle", FORWARDED_SIGNALS]
     argv += ["--shutdown_timeout", str(options.shutdown_timeout)]
-    argv += ["-m", "pointllm", *(["--verbose"] if verbose else []), "train", *train_argv]
+    argv += ["-m", "pointllm", *(["--verbose"] if verbose else []), *command, *train_argv]
     return argv
 
 
-def launch(options: argparse.Namespace, train_argv: Sequence[str], verbose: bool = False) -> int:
-    """Run torchrun in this process (so it receives the scheduler's signals and forwards them).
-    Returns 0, RESUBMIT_EXIT_CODE when the workers stopped on a signal, or 1 on failure."""
+@dataclass(frozen=True)
+class LaunchOutcome:
+    """How the workers ended: the global ranks that failed (with their exit codes; negative is
+    the signal that killed it), or the signal that stopped the launcher."""
+
+    failed_ranks: dict[int, int] = field(default_factory=dict)
+    signal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_ranks and self.signal is None
+
+
+def run_torchrun(
+    options: argparse.Namespace,
+    command_argv: Sequence[str],
+    verbose: bool = False,
+    command: Sequence[str] = ("train",),
+) -> LaunchOutcome:
+    """Run `pointllm COMMAND ARGS` under torchrun in this process (so it receives the
+    scheduler's signals and forwards them) and wait for every worker."""
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    argv = torchrun_argv(options, command_argv, verbose, command)
+    try:
+        torchrun.main(argv)
+    except ChildFailedError as exc:
+        return LaunchOutcome({rank: failure.exitcode for rank, failure in exc.failures.items()})
+    except SignalException as exc:
+        return LaunchOutcome(signal=exc.sigval.name)
+    return LaunchOutcome()
+
+
+def launch(options: argparse.Namespace, train_argv: Sequence[str], verbose: bool = False) -> int:
+    """`pointllm train` under torchrun. Returns 0, RESUBMIT_EXIT_CODE when the workers stopped on
+    a signal, or 1 on failure."""
     from pointllm.train import RESUBMIT_EXIT_CODE
 
-    argv = torchrun_argv(options, train_argv, verbose)
+    torchrun_argv(options, train_argv, verbose)  # bad launcher flags fail before the temp folder
     marker_dir = Path(tempfile.mkdtemp(prefix="pointllm-launch-"))
     marker = marker_dir / "interrupted"
     os.environ[MARKER_ENV] = str(marker)
     try:
-        torchrun.main(argv)
-        status = 0
-    except (ChildFailedError, SignalException):
-        status = 1
+        status = 0 if run_torchrun(options, train_argv, verbose).ok else 1
     finally:
         interrupted = marker.exists()
         shutil.rmtree(marker_dir, ignore_errors=True)
