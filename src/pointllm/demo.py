@@ -2,7 +2,7 @@
 
 synthetic data -> stage 0 (encoder pre-training) -> stage 1 -> stage 2 -> evaluation -> chat, each
 phase through the same entry point a user calls (`pointllm data synth`, `pretrain-encoder`,
-`train --config configs/demo_stage{1,2}.yaml`, `eval run`, `eval metrics`, `chat`), on the
+`train --config demo_stage{1,2}`, `eval run`, `eval metrics`, `chat`), on the
 embedded SmolLM2-135M-Instruct. Everything goes under one folder (default `runs/demo`):
 
     synth/  encoder/  stage1/  stage2/ (the final model)  eval/  chat/  phases/  summary.json
@@ -28,7 +28,7 @@ CHAT_QUESTIONS = ("What is this?", "What color is this object?", "Caption this 3
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """How big each phase is; the stage-1/2 recipes (configs/demo_stage*.yaml) hold the rest."""
+    """How big each phase is; the stage-1/2 recipes (recipes/demo_stage*.yaml) hold the rest."""
 
     num_objects: int  # synthetic objects, 20 % of them held out
     stage0_steps: int
@@ -67,13 +67,12 @@ QUICK = DemoPlan(
 
 
 def recipe_path(name: str) -> Path:
-    """A shipped training recipe, `configs/<name>` of the source tree."""
-    path = Path(__file__).resolve().parents[2] / "configs" / name
+    """A shipped training recipe (`pointllm/recipes/<name>`), from a checkout or a wheel."""
+    from pointllm.train.args import RECIPES_DIR
+
+    path = RECIPES_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: demo recipe not found (run the demo from a source checkout, "
-            "`pip install -e .`)"
-        )
+        raise FileNotFoundError(f"{path}: demo recipe not found (a broken pointllm install?)")
     return path
 
 

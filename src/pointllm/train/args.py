@@ -1,6 +1,7 @@
 """Run arguments of `pointllm train`: model, data and Hugging Face training arguments.
 
-One parser serves the YAML recipes in `configs/`, command-line overrides and the original PointLLM
+One parser serves the YAML recipes shipped in the package (`pointllm/recipes/`, `configs/` of a
+source checkout; `--config stage1` names one), command-line overrides and the original PointLLM
 script's flags (`--version v1`, `--stage_2 True`, `--fix_llm`, `--pointnum`, ...), which are
 translated to their current names before parsing.
 """
@@ -297,11 +298,36 @@ def _yaml_value(key: str, value: Any) -> list[str]:
     return [str(value)]
 
 
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+# Recipe values that name another shipped file (`fsdp_config: configs/fsdp_full_shard.json`).
+_RECIPE_FILE_KEYS = ("fsdp_config", "deepspeed")
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped with pointllm (file names in `pointllm/recipes/`)."""
+    return sorted(p.name for p in RECIPES_DIR.iterdir() if p.suffix in (".yaml", ".json"))
+
+
+def recipe_path(name: str | os.PathLike) -> Path:
+    """A recipe file: `name` itself when it exists, else the shipped recipe it names
+    (`stage1`, `stage1.yaml` or `configs/stage1.yaml`, which also works outside a checkout)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    base = path.name if path.parent in (Path("."), Path("configs")) else None
+    for candidate in (base, f"{base}.yaml") if base else ():
+        if (RECIPES_DIR / candidate).is_file():
+            return RECIPES_DIR / candidate
+    shipped = ", ".join(p.removesuffix(".yaml") for p in recipe_names() if p.endswith(".yaml"))
+    raise ArgumentError(f"{name}: config file not found (shipped recipes: {shipped})")
+
+
 def config_to_argv(path: str | os.PathLike) -> list[str]:
-    """A YAML recipe (a flat mapping of argument names to values) as command-line arguments."""
+    """A YAML recipe (a flat mapping of argument names to values) as command-line arguments.
+    `path` is a file or the name of a shipped recipe (see `recipe_path`)."""
     import yaml
 
-    file = Path(path)
+    file = recipe_path(path)
     try:
         data = yaml.safe_load(file.read_text())
     except FileNotFoundError:
@@ -316,6 +342,8 @@ def config_to_argv(path: str | os.PathLike) -> list[str]:
     for key, value in data.items():
         if value is None:
             continue
+        if key in _RECIPE_FILE_KEYS and isinstance(value, str) and value.endswith(".json"):
+            value = str(recipe_path(value))
         argv += [f"--{key}", *_yaml_value(key, value)]
     return argv
 
@@ -339,7 +367,7 @@ def parse_args(
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            raise ArgumentError("--config needs a YAML file")
+            raise ArgumentError("--config needs a YAML file or a recipe name")
         config_args = config_to_argv(argv[i + 1])
         del argv[i : i + 2]
     merged = translate_legacy_flags(config_args) + translate_legacy_flags(argv)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 _DESCRIPTION = """\
-usage: pointllm train [--config RECIPE.yaml] [--FIELD VALUE ...] [--nproc N ...]
+usage: pointllm train [--config RECIPE] [--FIELD VALUE ...] [--nproc N ...]
 
-Train PointLLM stage 1 or stage 2. Values come from the YAML recipe, then from the command line
-(which wins). The original PointLLM script's flags are accepted (--version v1, --stage_2 True,
+Train PointLLM stage 1 or stage 2. Values come from the recipe (a YAML file, or the name of one
+shipped with pointllm: stage1, stage2, demo_stage1, ...), then from the command line (which wins). The original PointLLM script's flags are accepted (--version v1, --stage_2 True,
 --fix_llm, --fix_pointnet, --pointnum, --evaluation_strategy, ...). Exit status 75 means the run
 was stopped by SIGTERM/SIGUSR1 after saving a checkpoint: resubmit it with --resume.
 """
@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     HfArgumentParser), so the subparser takes everything after `train` verbatim."""
     parser = subparsers.add_parser(
         "train",
-        help="train stage 1 or 2 (recipe in configs/, --nproc N for several GPUs)",
+        help="train stage 1 or 2 (--config stage1|stage2|..., --nproc N for several GPUs)",
         add_help=False,
         prefix_chars="+",  # nothing after `train` is an option of this parser
     )
