@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,13 @@ import trimesh
 from PIL import Image
 
 from pointllm.data import io as pio
-from pointllm.data.io import SUPPORTED_EXTENSIONS, PointCloudError, load_point_cloud, read_points
+from pointllm.data.io import (
+    SUPPORTED_EXTENSIONS,
+    PointCloudError,
+    check_declared_size,
+    load_point_cloud,
+    read_points,
+)
 
 RNG = np.random.default_rng(1234)
 GRAY = (0.5, 0.5, 0.5)
@@ -521,7 +528,8 @@ def test_truncated_binary_ply(tmp_path):
     path = tmp_path / "t.ply"
     _write_ply(path, xyz, np.round(rgb * 255).astype(np.uint8), text=False)
     path.write_bytes(path.read_bytes()[:-25])
-    _expect_error(path, "end-of-file")
+    # Found from the header and the file size, before plyfile reads anything.
+    _expect_error(path, "truncated: its header declares 40 vertex rows, needing at least 600")
 
 
 @pytest.mark.parametrize("claimed", [500, 10**11])
@@ -636,3 +644,54 @@ def test_missing_optional_dependency_names_the_extra(tmp_path, monkeypatch):
     )
     with pytest.raises(ModuleNotFoundError, match=r"trimesh.*pointllm\[io\]"):
         load_point_cloud(path)
+
+
+# ---- header counts are checked against the file size before any parser allocates -----------
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@pytest.mark.parametrize("text", [True, False], ids=["ascii", "binary"])
+def test_ply_claiming_a_billion_faces_is_refused_at_once(tmp_path, text):
+    path = tmp_path / "bomb.ply"
+    _write_ply(path, CUBE_VERTICES, None, text=text, faces=[[0, 1, 2]])
+    path.write_bytes(path.read_bytes().replace(b"element face 1\n", b"element face 1000000000\n"))
+    assert path.stat().st_size < 1000
+    before, started = _rss_mb(), time.monotonic()
+    _expect_error(path, "truncated: its header declares 1000000000 face rows")
+    assert time.monotonic() - started < 1.0
+    assert _rss_mb() - before < 50  # plyfile used to allocate ~9 GB here
+
+
+def test_npy_header_larger_than_its_file_is_refused(tmp_path):
+    path = tmp_path / "lie.npy"
+    np.save(path, np.zeros((10, 6), np.float32))
+    path.write_bytes(path.read_bytes().replace(b"(10, 6)", b"(99999999, 6)"))
+    _expect_error(path, "declares shape (99999999, 6)")
+
+
+def test_pcd_header_larger_than_its_file_is_refused(tmp_path):
+    path = tmp_path / "lie.pcd"
+    header = "FIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nPOINTS 5000000\nDATA ascii\n"
+    path.write_text(header + "0 0 0\n1 0 0\n0 1 0\n")
+    _expect_error(path, "declares 5000000 points")
+
+
+def test_points_per_cloud_limit(tmp_path):
+    path = tmp_path / "big.npy"
+    np.save(path, np.random.default_rng(0).random((2000, 6)).astype(np.float32))
+    assert check_declared_size(path, max_points=2000) == 2000
+    with pytest.raises(PointCloudError, match="declares 2000 points; the limit is 1999 per cloud"):
+        check_declared_size(path, max_points=1999)
+    with pytest.raises(PointCloudError, match="the limit is 100"):
+        load_point_cloud(path, num_points=64, max_points=100)
+    assert load_point_cloud(path, num_points=64).shape == (64, 6)
+    mesh = tmp_path / "mesh.ply"
+    _write_ply(mesh, CUBE_VERTICES, None, text=True, faces=[[0, 1, 2]] * 10)
+    assert len(CUBE_VERTICES) <= 9
+    with pytest.raises(PointCloudError, match="declares 10 face elements; the limit is 9"):
+        check_declared_size(mesh, max_points=9)

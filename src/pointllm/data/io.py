@@ -106,6 +106,7 @@ def load_point_cloud(
     default_color: tuple[float, float, float] = (0.5, 0.5, 0.5),
     normalize: bool = True,
     seed: int = 0,
+    max_points: int | None = None,
 ) -> np.ndarray:
     """Load a point cloud or mesh as a model-ready array.
 
@@ -115,11 +116,14 @@ def load_point_cloud(
     the rest with replacement (seeded). Meshes are sampled with exactly ``num_points`` points.
     With ``normalize``, xyz is centered on its centroid and scaled into the unit sphere (max point
     norm 1) after resampling; rgb is untouched. An (N, 6) file with N == num_points is only
-    loaded, validated and normalized. Raises PointCloudError for any problem with the file.
+    loaded, validated and normalized. ``max_points`` bounds the points (and faces) a file may
+    declare (see :func:`check_declared_size`). Raises PointCloudError for any problem with the file.
     """
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
         raise ValueError(f"num_points must be a positive integer, got {num_points!r}")
-    points = read_points(path, mesh_samples=num_points, default_color=default_color, seed=seed)
+    points = read_points(
+        path, mesh_samples=num_points, default_color=default_color, seed=seed, max_points=max_points
+    )
     if not use_color:
         points = points[:, :3]
     elif points.shape[1] == 3:
@@ -137,12 +141,15 @@ def read_points(
     mesh_samples: int = 8192,
     default_color: tuple[float, float, float] = (0.5, 0.5, 0.5),
     seed: int = 0,
+    max_points: int | None = None,
 ) -> np.ndarray:
     """Read a file's points as stored, validated but neither resampled nor normalized.
 
     Returns float64 (N, 6) xyz + rgb in [0, 1] when the file has color, else (N, 3). Meshes are
     sampled with ``mesh_samples`` points (seeded); parts of a mesh without color get
-    ``default_color`` when other parts have one. Raises PointCloudError for any problem.
+    ``default_color`` when other parts have one. The counts a header declares are checked
+    against the file's size (and ``max_points``) before any parser allocates for them. Raises
+    PointCloudError for any problem.
     """
     default_color = _check_default_color(default_color)
     name = os.fspath(path)
@@ -158,6 +165,7 @@ def read_points(
         raise PointCloudError(name, "not a regular file")
     if os.path.getsize(name) == 0:
         raise PointCloudError(name, "file is empty (0 bytes)")
+    check_declared_size(name, max_points=max_points)
     _require_dependencies(ext)
     options = _Options(mesh_samples=mesh_samples, seed=seed, default_color=default_color)
     try:
@@ -263,6 +271,124 @@ def _split_columns(path: str, array: np.ndarray) -> _Raw:
             path, f"expected an array of shape (N, 3) or (N, 6), got shape {tuple(array.shape)}"
         )
     return array[:, :3], (array[:, 3:] if array.shape[1] == 6 else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# declared sizes
+
+_PLY_SIZES = {
+    **dict.fromkeys(("char", "int8", "uchar", "uint8"), 1),
+    **dict.fromkeys(("short", "int16", "ushort", "uint16"), 2),
+    **dict.fromkeys(("int", "int32", "uint", "uint32", "float", "float32"), 4),
+    **dict.fromkeys(("double", "float64"), 8),
+}
+_PLY_MAX_HEADER_BYTES = 64 * 1024
+
+
+def check_declared_size(path: str | os.PathLike[str], max_points: int | None = None) -> int | None:
+    """Check the counts a file's header declares before anything allocates for them.
+
+    A .npy array, the elements of a .ply (vertices, faces, ...) and a .pcd's points must fit in
+    the file's size (so a tiny file cannot claim 10^9 faces), and none of them may exceed
+    ``max_points``. Returns the declared number of points (None for formats without a header
+    count: text, meshes); raises PointCloudError.
+    """
+    name = os.fspath(path)
+    ext = os.path.splitext(name)[1].lower()
+    check = {".npy": _npy_declared, ".ply": _ply_declared, ".pcd": _pcd_declared}.get(ext)
+    if check is None:
+        return None
+    with open(name, "rb") as handle:
+        head = handle.read(_PLY_MAX_HEADER_BYTES)
+    counts = check(name, head, os.path.getsize(name))
+    if counts is None:
+        return None
+    if max_points is not None:
+        for what, count in counts.items():
+            if count > max_points:
+                raise PointCloudError(
+                    name, f"declares {count} {what}; the limit is {max_points} per cloud"
+                )
+    return next(iter(counts.values()))
+
+
+def _npy_declared(path: str, head: bytes, size: int) -> dict[str, int] | None:
+    """{"points": rows} of a .npy header whose data fits the file; None: not a plain .npy."""
+    stream = io.BytesIO(head)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    except Exception:  # not a .npy (np.load reads .npz too) or a header np.load will explain
+        return None
+    if dtype.hasobject:
+        return None  # refused by np.load as a pickle
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    have = size - stream.tell()
+    if need > have:
+        raise PointCloudError(
+            path,
+            f"truncated: its header declares shape {tuple(shape)} ({need} bytes of data), "
+            f"the file holds {have}",
+        )
+    return {"points": int(shape[0]) if shape else 1}
+
+
+def _ply_declared(path: str, head: bytes, size: int) -> dict[str, int] | None:
+    """{element name: count} of a PLY header, each checked against the bytes that follow it."""
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        if head.startswith(b"ply") and len(head) >= _PLY_MAX_HEADER_BYTES:
+            raise PointCloudError(path, f"PLY header longer than {_PLY_MAX_HEADER_BYTES} bytes")
+        return None  # plyfile explains what is wrong
+    body = size - (head.find(b"\n", end) + 1)
+    lines = head[:end].decode("ascii", errors="replace").splitlines()
+    ascii_format = any(line.split()[:2] == ["format", "ascii"] for line in lines if line.strip())
+    elements: list[list] = []  # [name, count, min bytes per row]
+    for line in lines:
+        words = line.split()
+        if len(words) == 3 and words[0] == "element" and words[2].isdigit():
+            elements.append([words[1], int(words[2]), 0])
+        elif words[:1] == ["property"] and elements:
+            if ascii_format:  # each value is at least one character and a separator
+                elements[-1][2] += 2
+            elif len(words) >= 5 and words[1] == "list":  # the list's count, maybe no items
+                elements[-1][2] += _PLY_SIZES.get(words[2], 1)
+            else:
+                elements[-1][2] += _PLY_SIZES.get(words[1], 1) if len(words) >= 3 else 1
+    need = 0
+    for element, count, row in elements:
+        need += count * max(row, 1)
+        if need > body:
+            raise PointCloudError(
+                path,
+                f"truncated: its header declares {count} {element} rows, needing at least "
+                f"{need} bytes in all, but only {body} follow the header",
+            )
+    counts = {("points" if n == "vertex" else f"{n} elements"): c for n, c, _ in elements}
+    return counts or None
+
+
+def _pcd_declared(path: str, head: bytes, size: int) -> dict[str, int] | None:
+    """{"points": POINTS} of a PCD header; each point takes at least one byte."""
+    try:
+        header, offset = _parse_pcd_header(path, head)
+        if "POINTS" in header:
+            count = int(header["POINTS"][0])
+        else:
+            count = int(header["WIDTH"][0]) * int(header.get("HEIGHT", ["1"])[0])
+    except (PointCloudError, ValueError, KeyError, IndexError):
+        return None  # the reader explains what is wrong
+    mode = header["DATA"][0].lower() if header["DATA"] else ""
+    if mode != "binary_compressed" and count > size - offset:
+        raise PointCloudError(
+            path,
+            f"truncated: its header declares {count} points, but only {size - offset} bytes "
+            "follow it",
+        )
+    return {"points": count}
 
 
 # ---------------------------------------------------------------------------------------------
