@@ -73,23 +73,31 @@ def test_labels_supervise_exactly_the_replies(tokenizer, pairs, template, cut):
     assert len(ids) == len(labels)
     assert all(label in (token, IGNORE_INDEX) for token, label in zip(ids, labels, strict=True))
     spans = supervised_spans(ids, labels)
-    expected = [answer + tokenizer.eos_token for _, answer in pairs]
+    # vicuna_v1_1 supervises the space after "ASSISTANT:" with the reply (byte-level BPE puts it
+    # in the reply's first token), as the original's labels do.
+    lead = " " if template == "vicuna_v1_1" else ""
+    expected = [lead + answer + tokenizer.eos_token for _, answer in pairs]
     assert [tokenizer.decode(span) for span in spans] == expected
     assert ids.count(tokenizer.convert_tokens_to_ids(POINT_PATCH_TOKEN)) == NUM_POINT_TOKENS
 
-    # Parity with a naive reference: each segment tokenized on its own, then concatenated.
-    naive = [tokenizer.bos_token_id] if template == "vicuna_v1_1" else []
-    for text, _ in result.segments:
-        naive += tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert ids == naive
-
     if template == "chat_template":
-        # The inference prompt is the training ids up to the last reply, token for token.
+        # Parity with a naive reference: each segment tokenized on its own, then concatenated.
+        naive = []
+        for text, _ in result.segments:
+            naive += tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ids == naive
+    else:
+        # The original format is tokenized as one string, as at inference.
+        text = "".join(t for t, _ in result.segments)
+        assert ids == tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    # Up to each assistant cue the ids are the inference prompt for that history, token for token.
+    for k in range(len(pairs)):
         prompt = tokenize_conversation(
-            messages[:-1], tokenizer, template, add_generation_prompt=True
+            messages[: 2 * k + 1], tokenizer, template, add_generation_prompt=True
         ).input_ids
         assert ids[: len(prompt)] == prompt
-        assert labels[len(prompt) - 1] == IGNORE_INDEX and labels[len(prompt)] != IGNORE_INDEX
+        assert labels[len(prompt) - 1] == IGNORE_INDEX != labels[len(prompt)]
 
     # Truncation keeps the point block whole and some reply, or refuses the sample.
     max_length = max(1, int(len(ids) * cut))

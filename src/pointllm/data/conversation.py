@@ -5,10 +5,12 @@ Two prompt formats:
   `{system} USER: {q} ASSISTANT: {a}</s>USER: ...`
 - `chat_template`, the backbone tokenizer's own chat template (SmolLM2, Qwen, Llama 3, ...).
 
-A conversation is rendered into text segments, each marked supervised or not, and every segment is
-tokenized on its own. Labels are therefore exact by construction: the supervised tokens are those of
-the assistant replies plus their end-of-turn token, and the prompt tokens used at inference are the
-very same ids (the inference prompt is the same rendering, stopped before the reply).
+A conversation is rendered into text segments, each marked supervised or not. With a chat
+template every segment is tokenized on its own; in the original format the whole conversation is
+tokenized as one string, as the original code does, and the labels come from tokenizing its
+prefixes up to each assistant cue and through each reply's end token. Either way the supervised
+tokens are those of the assistant replies plus their end-of-turn token, and the ids before each
+reply are the very ids of the inference prompt for that history.
 """
 
 from __future__ import annotations
