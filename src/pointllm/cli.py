@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "pointllm.model.commands",
     "pointllm.serve.commands",
     "pointllm.train.commands",
-    "pointllm.pretrain",
+    "pointllm.pretrain.commands",
     "pointllm.doctor",
     "pointllm.hpc",
 )

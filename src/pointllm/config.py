@@ -12,6 +12,12 @@ from typing import Any, ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from pointllm.presets import (  # noqa: F401 - re-exported: the config's home for them
+    POINT_BERT_PRESETS,
+    POINT_BERT_SIZE_FIELDS,
+    PROJECTOR_PRESETS,
+)
+
 POINT_PATCH_TOKEN = "<point_patch>"
 POINT_START_TOKEN = "<point_start>"
 POINT_END_TOKEN = "<point_end>"
@@ -19,17 +25,6 @@ POINT_PLACEHOLDER = "<point>"
 # Label value the loss skips (prompt tokens, padding): the default of torch cross-entropy.
 IGNORE_INDEX = -100
 
-# DESIGN.md §2: v1.2 = PointTransformer_8192point_2layer, v1.1 = PointTransformer_base_8192point.
-POINT_BERT_PRESETS: dict[str, dict[str, Any]] = {
-    "v1.2": dict(
-        trans_dim=384, depth=12, num_heads=6, num_group=512, group_size=32, encoder_dims=256
-    ),
-    "v1.1": dict(
-        trans_dim=1152, depth=12, num_heads=12, num_group=512, group_size=48, encoder_dims=512
-    ),
-}
-# Projector hidden sizes of the published models, keyed like the presets.
-PROJECTOR_PRESETS: dict[str, list[int]] = {"v1.2": [1024, 2048], "v1.1": []}
 # `point_backbone_config_name` values found in original checkpoints.
 LEGACY_BACKBONE_NAMES = {
     "PointTransformer_8192point_2layer": "v1.2",
@@ -61,7 +56,7 @@ class PointBertConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        for name in ("trans_dim", "depth", "num_heads", "num_group", "group_size", "encoder_dims"):
+        for name in POINT_BERT_SIZE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"PointBertConfig.{name} must be a positive int, got {value!r}")

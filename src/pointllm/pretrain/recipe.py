@@ -1,0 +1,46 @@
+"""Stage-0 settings from a YAML recipe: the encoder sizes, points per cloud, data and output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pointllm.config import POINT_BERT_SIZE_FIELDS, PointBertConfig
+
+# The recipe fields that describe the encoder and its data (others are ignored).
+RECIPE_FIELDS = (
+    *POINT_BERT_SIZE_FIELDS,
+    "point_backbone",
+    "point_backbone_ckpt",
+    "num_points",
+    "use_color",
+    "data_path",
+    "anno_path",
+)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The encoder and data fields of a YAML recipe (a flat mapping; others are ignored)."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file}: recipe not found") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a mapping of argument names to values")
+    return {k: data[k] for k in RECIPE_FIELDS if data.get(k) is not None}
+
+
+def resolve_encoder(options: dict[str, Any]) -> tuple[PointBertConfig, int]:
+    """A PointBertConfig and points per cloud from recipe-style fields (`point_backbone` preset,
+    size overrides, `use_color`, `num_points`), defaulting like `pointllm train` does."""
+    sizes = {k: int(options[k]) for k in POINT_BERT_SIZE_FIELDS if options.get(k) is not None}
+    color = options.get("use_color", True)
+    config = PointBertConfig.from_preset(
+        options.get("point_backbone") or "v1.2", point_dims=6 if color else 3, **sizes
+    )
+    return config, int(options.get("num_points") or 8192)
