@@ -1,7 +1,7 @@
 """pointllm.data: reading point clouds and meshes, datasets, and previews.
 
-    from pointllm.data import load_point_cloud
-    points = load_point_cloud("chair.ply", num_points=8192)  # (8192, 6) float32, xyz + rgb
+from pointllm.data import load_point_cloud
+points = load_point_cloud("chair.ply", num_points=8192)  # (8192, 6) float32, xyz + rgb
 """
 
 from __future__ import annotations
@@ -39,4 +39,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'pointllm.data' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "PointCloudError",
+    "PointLLMDataset",
+    "check_annotations",
+    "convert_modelnet40",
+    "generate_dataset",
+    "load_modelnet40",
+    "load_point_cloud",
+    "read_annotations",
+    "read_points",
+    "save_preview",
+]
