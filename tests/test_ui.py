@@ -118,7 +118,7 @@ def test_page_and_api_are_served_together(demo):
 def test_the_ui_asks_for_the_api_key_when_one_is_set(demo):
     llm = demo["llm"]
     app = create_app(llm, ServeSettings(api_key="sekrit", ui=True))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         assert client.get("/ui/config").status_code == 401
         login = client.post("/ui/login", data={"username": "me", "password": "wrong"})
         assert login.status_code == 400

@@ -6,6 +6,11 @@ to `max_batch - 1` other waiting jobs that share its generation settings, as one
 `PointLLM.generate_batch` call. Streaming jobs run alone, chunk by chunk. Results travel back as
 `concurrent.futures.Future`s (awaitable with `asyncio.wrap_future`) or through a sink callback, so
 the event loop never waits on the model.
+
+Faults stay with their request: a batch that fails is retried one job at a time, so only the job
+that causes an error gets it. If the worker itself breaks, every waiting job fails with
+`WorkerDied`, new submissions are refused, and `on_death` is called (the server then answers 503
+on /health and exits non-zero so that a supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from pointllm.infer.api import PointLLM
-from pointllm.serve import DEFAULT_MAX_BATCH
+from pointllm.serve import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +44,32 @@ DEFAULT_WINDOW_S = 0.01
 Sink = Callable[[str | BaseException | None], None]
 
 
-@dataclass(frozen=True)
+class QueueFull(Exception):
+    """The queue holds `max_queue` jobs already; the caller should come back later."""
+
+
+class QueueTimeout(Exception):
+    """A job waited in the queue longer than its caller allowed, and was dropped unstarted."""
+
+
+class WorkerDied(RuntimeError):
+    """The generation worker stopped for good; nothing queued will run."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity (fields hold tensors)
 class GenerationRequest:
     """One conversation to answer: history [{"role", "content"}] ending with a user turn, the
     prepared points (num_points, C) of its first user turn or None, generation kwargs, and a seed
-    for sampling (None: unseeded)."""
+    for sampling (None: unseeded; ignored when decoding greedily)."""
 
     history: Sequence[dict[str, str]]
     points: torch.Tensor | None = None
     gen: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+
+    @property
+    def sampling(self) -> bool:
+        return (self.gen.get("temperature") or 0) > 0
 
     def batch_key(self) -> tuple | None:
         """Requests with equal keys may share a batch; None: this one must run alone.
@@ -56,7 +78,7 @@ class GenerationRequest:
         sampling request runs alone so that its seed alone decides its output.
         """
         single_question = len(self.history) == 1 and self.history[0]["role"] == "user"
-        seeded_sampling = self.seed is not None and (self.gen.get("temperature") or 0) > 0
+        seeded_sampling = self.seed is not None and self.sampling
         if not single_question or seeded_sampling:
             return None
         return tuple(
@@ -65,16 +87,55 @@ class GenerationRequest:
 
 
 @dataclass
+class Answer:
+    """A finished generation: its text, how many ids were generated (the end-of-turn id not
+    counted), and whether it ended on an end-of-turn id (else: a length cut or a stop string)."""
+
+    text: str = ""
+    completion_tokens: int = 0
+    ended_by_eos: bool = False
+
+
+@dataclass(eq=False)  # identity, never field-by-field: a request holds tensors
 class _Job:
     request: GenerationRequest
-    future: Future | None = None  # non-streaming: resolves to the answer
+    future: Future | None = None  # non-streaming: resolves to an Answer
     sink: Sink | None = None  # streaming
+    answer: Answer = field(default_factory=Answer)  # streaming: filled in before the final None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
 
     @property
     def abandoned(self) -> bool:
         """The caller went away (a cancelled stream, or an awaiting task that was cancelled)."""
         return self.cancelled.is_set() or (self.future is not None and self.future.cancelled())
+
+
+class _Progress(StoppingCriteria):
+    """Ends each row whose job was cancelled, and keeps the generated ids for counting."""
+
+    def __init__(self, jobs: Sequence[_Job]):
+        self.events = [job.cancelled for job in jobs]
+        self.ids: torch.Tensor | None = None  # (B, generated so far)
+        self.offset: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.offset is None:  # the first call comes after the first new token
+            self.offset = input_ids.shape[1] - 1
+        self.ids = input_ids[:, self.offset :]
+        flags = [event.is_set() for event in self.events]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+    def counts(self, end_ids: Callable[[], set[int]]) -> list[tuple[int, bool]]:
+        """(generated ids before the first end-of-turn id, whether one came) for each row."""
+        if self.ids is None:
+            return [(0, False)] * len(self.events)
+        end_ids = end_ids()
+        result = []
+        for row in self.ids.tolist():
+            end = next((i for i, token in enumerate(row) if token in end_ids), None)
+            result.append((len(row), False) if end is None else (end, True))
+        return result
 
 
 @dataclass
@@ -86,28 +147,47 @@ class BatchStats:
     max_batch_size: int = 0
     queued: int = 0
     cancelled: int = 0  # dropped or stopped early because the caller went away
+    failed: int = 0  # jobs that ended with an error
+    rejected: int = 0  # refused because the queue was full
+    timed_out: int = 0  # dropped after waiting longer than their queue timeout
 
 
 class Batcher:
-    """Owns the model's worker thread. `start()` before submitting; `close()` to stop."""
+    """Owns the model's worker thread. `start()` before submitting; `close()` to stop.
+
+    `max_queue` bounds the jobs waiting to start (more raise QueueFull); `on_death` is called
+    with the exception if the worker loop itself breaks.
+    """
 
     def __init__(
         self,
         llm: PointLLM,
         max_batch: int = DEFAULT_MAX_BATCH,
         window_s: float = DEFAULT_WINDOW_S,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        on_death: Callable[[BaseException], None] | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.llm = llm
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self.window_s = window_s
+        self.on_death = on_death
         self.stats = BatchStats()
+        self.failure: BaseException | None = None  # why the worker died, if it did
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pending: deque[_Job] = deque()  # taken off the queue, not yet run
+        self._lock = threading.Lock()  # stats.queued, and a job's started/cancelled handover
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
 
     def start(self) -> None:
         if self._thread is None:
@@ -121,6 +201,9 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout)
         self._thread = None
+        self._fail_waiting(RuntimeError("the server is shutting down"))
+
+    def _fail_waiting(self, exc: BaseException) -> None:
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -128,17 +211,21 @@ class Batcher:
                 break
             if job is not None:
                 self._pending.append(job)
-        for job in self._pending:
-            self._fail(job, RuntimeError("the server is shutting down"))
-        self._pending.clear()
+        while self._pending:
+            self._fail(self._pending.popleft(), exc)
+        with self._lock:
+            self.stats.queued = 0
 
     # ---- submitting ---------------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> Future:
-        """Queue a request; the Future resolves to the answer text."""
+        """Queue a request; the Future resolves to an `Answer`."""
+        return self._submit(request).future
+
+    def _submit(self, request: GenerationRequest) -> _Job:
         job = _Job(request, future=Future())
         self._put(job)
-        return job.future
+        return job
 
     def submit_stream(self, request: GenerationRequest, sink: Sink) -> threading.Event:
         """Queue a streaming request; returns an event that cancels it when set."""
@@ -146,54 +233,110 @@ class Batcher:
         self._put(job)
         return job.cancelled
 
-    async def generate(self, request: GenerationRequest) -> str:
-        """The answer, awaited without blocking the event loop."""
-        return await asyncio.wrap_future(self.submit(request))
+    async def generate(
+        self, request: GenerationRequest, queue_timeout: float | None = None
+    ) -> Answer:
+        """The answer, awaited without blocking the event loop. A job that has not started
+        after `queue_timeout` seconds is dropped (QueueTimeout); cancelling the awaiting task
+        cancels the job, queued or running."""
+        job = self._submit(request)
+        waiter = asyncio.wrap_future(job.future)
+        try:
+            if queue_timeout is not None:
+                done, _ = await asyncio.wait({waiter}, timeout=queue_timeout)
+                if not done and self._drop_unstarted(job):
+                    raise QueueTimeout(f"the request waited {queue_timeout:g} s in the queue")
+            return await waiter
+        finally:
+            job.cancelled.set()  # no-op once finished; stops a running or queued job otherwise
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """The answer as text chunks. Leaving the loop early cancels the generation."""
+    async def stream(
+        self, request: GenerationRequest, answer: Answer | None = None
+    ) -> AsyncIterator[str]:
+        """The answer as text chunks. Leaving the loop early cancels the generation. `answer`,
+        if given, gets the generated-id count and end reason once the stream is complete."""
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
 
         def sink(item: str | BaseException | None) -> None:
             loop.call_soon_threadsafe(chunks.put_nowait, item)
 
-        cancel = self.submit_stream(request, sink)
+        job = _Job(request, sink=sink)
+        self._put(job)
         try:
             while (item := await chunks.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+            if answer is not None:
+                answer.completion_tokens = job.answer.completion_tokens
+                answer.ended_by_eos = job.answer.ended_by_eos
         finally:
-            cancel.set()
+            job.cancelled.set()
 
     def _put(self, job: _Job) -> None:
+        if self.failure is not None:
+            raise WorkerDied(f"the generation worker stopped ({self.failure!r})")
         if self._thread is None:
             raise RuntimeError("the batcher is not running (call start() first)")
-        self.stats.queued += 1
+        with self._lock:
+            if self.stats.queued >= self.max_queue:
+                self.stats.rejected += 1
+                raise QueueFull(f"{self.stats.queued} requests are waiting (the limit)")
+            self.stats.queued += 1
         self._queue.put(job)
+
+    def _drop_unstarted(self, job: _Job) -> bool:
+        """Cancel `job` if the worker has not started it; True if it was dropped so."""
+        with self._lock:
+            if job.started:
+                return False
+            job.cancelled.set()
+            self.stats.timed_out += 1
+            return True
 
     # ---- the worker ---------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self.stats.queued -= len(batch)
-            live = [job for job in batch if not job.abandoned]
-            self.stats.cancelled += len(batch) - len(live)
-            if not live:
-                continue
-            try:
-                if live[0].sink is not None:
-                    self._run_stream(live[0])
-                else:
-                    self._run_batch(live)
-            except BaseException as exc:  # reported to the callers; the worker lives on
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                with self._lock:
+                    self.stats.queued -= len(batch)
+                    live = [job for job in batch if not job.abandoned]
+                    for job in live:
+                        job.started = True
+                self.stats.cancelled += len(batch) - len(live)
+                if live:
+                    self._run(live)
+        except BaseException as exc:  # the loop itself broke: refuse work, tell the server
+            self.failure = exc
+            log.critical("the generation worker died", exc_info=exc)
+            self._fail_waiting(WorkerDied(f"the generation worker stopped ({exc!r})"))
+            if self.on_death is not None:
+                self.on_death(exc)
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Run jobs; an error fails only the job it comes from (a failed batch is retried one
+        job at a time to find it)."""
+        try:
+            if jobs[0].sink is not None:
+                self._run_stream(jobs[0])
+            else:
+                self._run_batch(jobs)
+            return
+        except Exception as exc:
+            if len(jobs) == 1:
                 log.exception("generation failed")
-                for job in live:
-                    self._fail(job, exc)
+                self.stats.failed += 1
+                self._fail(jobs[0], exc)
+                return
+            log.warning("a batch of %d failed (%r); running its jobs one by one", len(jobs), exc)
+        for job in jobs:
+            if not job.abandoned:
+                self._run([job])
 
     def _next_batch(self) -> list[_Job] | None:
         """The oldest job, with the waiting jobs that can share its batch; None: shut down."""
@@ -222,8 +365,8 @@ class Batcher:
         if key is None:
             return [self._pending.popleft()]
         batch = [job for job in self._pending if self._matches(job, key)][: self.max_batch]
-        for job in batch:
-            self._pending.remove(job)
+        taken = {id(job) for job in batch}
+        self._pending = deque(job for job in self._pending if id(job) not in taken)
         return batch
 
     def _drain_queue(self) -> None:
@@ -249,26 +392,40 @@ class Batcher:
         self.stats.batches += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, size)
 
+    def _end_ids(self) -> set[int]:
+        ids = set(self.llm.generation_kwargs().get("eos_token_id") or [])
+        pad = getattr(self.llm.tokenizer, "pad_token_id", None)
+        return ids | ({pad} if pad is not None else set())
+
+    @staticmethod
+    def _seed(request: GenerationRequest) -> None:
+        # Greedy decoding draws no random numbers: its seed is ignored, never applied.
+        if request.seed is not None and request.sampling:
+            torch.manual_seed(request.seed)
+
     def _run_batch(self, jobs: list[_Job]) -> None:
         first = jobs[0].request
         self._record(len(jobs))
-        if first.seed is not None:
-            torch.manual_seed(first.seed)
+        progress = _Progress(jobs)
+        gen = {**first.gen, "stopping_criteria": StoppingCriteriaList([progress])}
         if len(jobs) == 1:
-            answers = [self.llm.chat(first.history, first.points, **first.gen)]
-        else:
+            self._seed(first)
+            texts = [self.llm.chat(first.history, first.points, **gen)]
+        else:  # never seeded: seeded sampling requests run alone (batch_key)
             items = [(job.request.points, job.request.history[0]["content"]) for job in jobs]
-            answers = self.llm.generate_batch(items, **first.gen)
-        for job, answer in zip(jobs, answers, strict=True):
+            texts = self.llm.generate_batch(items, **gen)
+        counts = progress.counts(self._end_ids)
+        for job, text, (count, eos) in zip(jobs, texts, counts, strict=True):
             with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
-                job.future.set_result(answer)
+                job.future.set_result(Answer(text, count, eos))
 
     def _run_stream(self, job: _Job) -> None:
         request = job.request
         self._record(1)
-        if request.seed is not None:
-            torch.manual_seed(request.seed)
-        chunks = self.llm.stream_chat(request.history, request.points, **request.gen)
+        self._seed(request)
+        progress = _Progress([job])
+        gen = {**request.gen, "stopping_criteria": StoppingCriteriaList([progress])}
+        chunks = self.llm.stream_chat(request.history, request.points, **gen)
         try:
             for chunk in chunks:
                 if job.cancelled.is_set():
@@ -277,6 +434,7 @@ class Batcher:
                 job.sink(chunk)
         finally:
             chunks.close()  # stops the generation thread at its next token
+        job.answer.completion_tokens, job.answer.ended_by_eos = progress.counts(self._end_ids)[0]
         job.sink(None)
 
     @staticmethod

@@ -9,16 +9,22 @@ from pointllm.serve import (
     API_KEY_ENV,
     DEFAULT_HOST,
     DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DECODE_MB,
     DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MAX_POINTS,
+    DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_REQUEST_MB,
+    DEFAULT_MAX_STOP_CHARS,
+    DEFAULT_MAX_TEXT_CHARS,
     DEFAULT_PORT,
+    DEFAULT_QUEUE_TIMEOUT_S,
 )
 
 
 def _serve(args: argparse.Namespace) -> int:
     from pointllm.serve.app import serve
 
-    serve(
+    return serve(
         args.model,
         host=args.host,
         port=args.port,
@@ -31,8 +37,14 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
+        max_stop_chars=args.max_stop_chars,
+        max_text_chars=args.max_text_chars,
+        max_points=args.max_points,
+        max_decode_mb=args.max_decode_mb,
+        max_queue=args.max_queue,
+        queue_timeout_s=args.queue_timeout,
+        allowed_hosts=args.allowed_host,
     )
-    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,6 +88,53 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_NEW_TOKENS,
         help="answer length for requests without max_tokens, and in the web demo "
         f"({DEFAULT_MAX_NEW_TOKENS})",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name requests may carry (repeatable; '*': any). Needed when --host is not "
+        "a loopback address; by default only localhost, 127.0.0.1 and ::1 are accepted",
+    )
+    limits = p.add_argument_group("limits (requests beyond them get a 4xx error)")
+    limits.add_argument(
+        "--max-stop-chars",
+        type=int,
+        default=DEFAULT_MAX_STOP_CHARS,
+        help=f"longest stop string, in characters ({DEFAULT_MAX_STOP_CHARS})",
+    )
+    limits.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=DEFAULT_MAX_TEXT_CHARS,
+        help=f"message text of one request, in characters ({DEFAULT_MAX_TEXT_CHARS})",
+    )
+    limits.add_argument(
+        "--max-points",
+        type=int,
+        default=DEFAULT_MAX_POINTS,
+        help=f"points (or mesh faces) a point file may declare ({DEFAULT_MAX_POINTS})",
+    )
+    limits.add_argument(
+        "--max-decode-mb",
+        type=float,
+        default=DEFAULT_MAX_DECODE_MB,
+        help="uploaded point-file data decoded at once over all requests, in MiB; others wait "
+        f"({DEFAULT_MAX_DECODE_MB:g})",
+    )
+    limits.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"requests waiting for the model; more get 429 ({DEFAULT_MAX_QUEUE})",
+    )
+    limits.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=DEFAULT_QUEUE_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"a request not started within this time gets 503 ({DEFAULT_QUEUE_TIMEOUT_S:g})",
     )
     p.add_argument("--ui", action="store_true", help="also serve the web demo at /ui")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")

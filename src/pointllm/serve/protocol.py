@@ -33,10 +33,12 @@ _ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    429: "rate_limit_error",
     500: "server_error",
     503: "server_error",
 }
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
 class APIError(Exception):
@@ -51,8 +53,10 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
+        self.headers = headers  # extra response headers, e.g. Retry-After
         self.status = status
         self.message = message
         self.param = param
@@ -108,6 +112,18 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: list[ContentPart]
+    # Declared only to refuse them: the model has no tools, and an assistant turn made of tool
+    # calls alone has no text to put into the prompt.
+    tool_calls: Any = None
+    function_call: Any = None
+
+    @model_validator(mode="after")
+    def _no_tool_calls(self) -> ChatMessage:
+        if self.tool_calls is not None or self.function_call is not None:
+            raise ValueError(
+                "tool calls are not supported by this server; send the assistant's turns as text"
+            )
+        return self
 
     @field_validator("content", mode="before")
     @classmethod
@@ -141,7 +157,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -149,12 +165,15 @@ class ChatCompletionRequest(BaseModel):
         return [s for s in stops if s]
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Parse and validate a request body; any problem is a 400 naming the field."""
+def parse_chat_request(body: bytes, max_stop_chars: int | None = None) -> ChatCompletionRequest:
+    """Parse and validate a request body; any problem is a 400 naming the field. Stop strings
+    longer than `max_stop_chars` characters are refused."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise APIError(400, "the request body is nested too deeply") from exc
     if not isinstance(payload, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
@@ -168,6 +187,15 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise APIError(400, f"n must be 1 (got {request.n}); ask again for more", param="n")
     if len(request.stop_sequences) > MAX_STOP_SEQUENCES:
         raise APIError(400, f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
+    if max_stop_chars is not None:
+        longest = max(map(len, request.stop_sequences), default=0)
+        if longest > max_stop_chars:
+            raise APIError(
+                400,
+                f"a stop sequence has {longest} characters; this server allows at most "
+                f"{max_stop_chars}",
+                param="stop",
+            )
     return request
 
 
@@ -237,6 +265,7 @@ class StopMatcher:
     def feed(self, chunk: str) -> str:
         if self.stopped:
             return ""
+        # The buffer holds no stop before this chunk, and at most len(stop) - 1 older characters.
         self.buffer += chunk
         hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
         if hits:
