@@ -13,7 +13,7 @@ TORCH_BUILD ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
 TORCH_VERSION := $(shell sed -n 's/^torch==\([^+ ]*\).*/\1/p' requirements.lock)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint format lock clean check-torch check-lock
+.PHONY: setup test demo lint format lock clean check-torch check-lock gpu-check
 
 setup: $(VENV)/.setup-stamp
 
@@ -50,6 +50,10 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/pointllm demo
+
+# Every CUDA path measured in one run (~8 minutes on one H200): runs/gpu-check/report.{json,md}.
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --out runs/gpu-check $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
