@@ -247,3 +247,95 @@ def test_full_small_run_offline(synthetic, tiny_checkpoint, tmp_path, capsys, mo
     row = next(line for line in text.splitlines() if line.startswith("| tiny-run"))
     assert f"{matcher['accuracy']:.2f}" in row and f"{scores['bleu-1']:.2f}" in row
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shards_of_another_process_count_resume_a_one_process_run(synthetic, tmp_path):
+    """Shards left by a 3-process run (one unfinished) count as done in a plain run, whose file
+    ends as an uninterrupted run's; complete shards are then removed."""
+    from pointllm.eval.run import parts_dir, shard_items, shard_path
+
+    items, _ = load_benchmark(
+        "objaverse-cls", synthetic / "points", synthetic / "anno" / "val_gt.json"
+    )
+    whole = tmp_path / "whole.json"
+    run_benchmark(FakeModel(), items, "What is this?", whole, batch_size=2, progress=False)
+    out = tmp_path / "r.json"
+    shards = [shard_items(items, rank, 3, 1) for rank in range(3)]
+    shards[2] = shards[2][:-1]  # rank 2 stopped before its last object
+    for rank, shard in enumerate(shards):
+        run_benchmark(FakeModel(), shard, "What is this?", shard_path(out, rank, 3), progress=False)
+    model = FakeModel()
+    parts = sorted(parts_dir(out).glob("*.json"))
+    run_benchmark(model, items, "What is this?", out, progress=False, resume_from=parts)
+    assert [n for n, _ in model.calls] == [1]  # only rank 2's last object
+    assert out.read_bytes() == whole.read_bytes()
+
+    with pytest.raises(ValueError, match="holds results for the prompt 'What is this"):
+        run_benchmark(FakeModel(), items, "Caption", tmp_path / "c.json", resume_from=parts)
+
+
+def test_complete_shards_merge_without_loading_the_model(synthetic, tmp_path, capsys):
+    """`eval run` (one process) over complete shards: the merged file and matcher score, no
+    model needed (the --model path does not exist), the shards removed."""
+    from pointllm.eval.run import parts_dir, shard_items, shard_path
+
+    anno = synthetic / "anno" / "val_cls.json"
+    items, _ = load_benchmark("modelnet-cls", synthetic / "points", anno)
+    whole = tmp_path / "whole.json"
+    run_benchmark(FakeModel(), items, "What is this?", whole, batch_size=2, progress=False)
+    out = tmp_path / "r.json"
+    for rank in range(2):
+        shard = shard_items(items, rank, 2, 2)
+        run_benchmark(FakeModel(), shard, "What is this?", shard_path(out, rank, 2), progress=False)
+    argv = ["eval", "run", "--task", "modelnet-cls", "--model", str(tmp_path / "no-model")]
+    argv += ["--data-path", str(synthetic / "points"), "--anno-path", str(anno)]
+    assert main([*argv, "--output", str(out)]) == 0
+    assert out.read_bytes() == whole.read_bytes()
+    assert not parts_dir(out).exists()
+    assert (tmp_path / "r_evaluated_matcher.json").is_file()
+    assert f"{len(items)} results for 'What is this?'" in capsys.readouterr().out
+
+
+def test_each_rank_takes_its_own_device(monkeypatch):
+    import torch
+
+    from pointllm.eval.run import rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rank_device("auto", 3) == "cpu" and rank_device("cpu", 3) == "cpu"
+    with pytest.raises(ValueError, match="--device cuda:1 names one GPU"):
+        rank_device("cuda:1", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [rank_device(d, r) for d, r in [("auto", 0), ("cuda", 1)]] == ["cuda:0", "cuda:1"]
+    with pytest.raises(ValueError, match="needs cuda:2, but 2 GPU"):
+        rank_device("auto", 2)
+
+
+def test_workers_get_every_given_option_but_nproc():
+    from pointllm.cli import build_parser
+    from pointllm.eval.commands import _worker_argv
+
+    given = ["--task", "objaverse-caption", "--model", "m", "--data-path", "d", "--output", "o"]
+    given += ["--prompt-index", "0", "--sample", "--seed", "0", "--trust-pickle"]
+    args = build_parser().parse_args(["eval", "run", *given, "--nproc", "2"])
+    argv = _worker_argv(args)
+    assert "--nproc" not in argv
+    reparsed = build_parser().parse_args(["eval", "run", *argv])
+    for key in ("task", "model", "data_path", "output", "prompt_index", "sample", "seed"):
+        assert getattr(reparsed, key) == getattr(args, key), key
+    assert reparsed.trust_pickle and reparsed.nproc is None
+    assert [reparsed.batch_size, reparsed.device, reparsed.max_new_tokens] == [8, "auto", 256]
+
+
+def test_failed_ranks_make_one_line(tmp_path):
+    from pointllm.eval.run import _failure
+    from pointllm.train.launch import LaunchOutcome
+
+    out = tmp_path / "r.json"
+    one = _failure(LaunchOutcome({1: 1}), 4, out)
+    assert one.startswith("rank 1 of 4 failed (exit code 1); finished batches stay in ")
+    two = _failure(LaunchOutcome({3: -9, 0: 2}), 4, out)
+    assert two.startswith("ranks 0, 3 of 4 failed (rank 0: exit code 2; rank 3: killed by SIGKILL)")
+    assert _failure(LaunchOutcome(signal="SIGTERM"), 4, out).startswith("stopped by SIGTERM;")
+    assert all("\n" not in line for line in (one, two))
