@@ -387,6 +387,81 @@ def check_command(argv: list[str]) -> str:
     return "script"
 
 
+# ---- flags named in prose ----------------------------------------------------------------------
+
+# Flags of other tools that the docs mention in passing (pip, docker, apptainer, Slurm, the
+# benchmark scripts, which have no importable parser).
+OTHER_TOOLS_FLAGS = {
+    "--no-deps",
+    "--index-url",
+    "--find-links",
+    "--no-index",
+    "--build-arg",
+    "--gpus",
+    "--nv",
+    "--signal",
+    "--pty",
+    "--ntasks-per-node",
+    "--time",
+    "--repo-type",
+    "--local-dir",
+    "--threads",
+    "--batch-sizes",
+    "--devices",
+    "--llm",
+    "--skip-encoder",
+    "--stages",
+}
+# The original PointLLM script's flags, accepted by `pointllm train` and translated.
+LEGACY_FLAGS = {
+    "--version": "v1",
+    "--stage_2": "True",
+    "--pointnum": "8192",
+    "--data_debug_num": "10",
+    "--evaluation_strategy": "steps",
+    "--warmup_ratio": "0.03",
+    "--unfreeze_encoder": "true",
+}
+
+
+def known_flags() -> set[str]:
+    from pointllm.cli import build_parser
+    from pointllm.train.args import build_parser as train_parser
+    from pointllm.train.launch import launch_parser
+
+    flags: set[str] = set()
+
+    def collect(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            flags.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    collect(sub)
+
+    for parser in (build_parser(), train_parser(), launch_parser()):
+        collect(parser)
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        if "def build_parser" in script.read_text():
+            spec = importlib.util.spec_from_file_location(f"_doc_script_{script.stem}", script)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            collect(module.build_parser())
+    return flags
+
+
+def unknown_prose_flags(text: str, flags: set[str]) -> list[str]:
+    """`--flags` inside inline code spans that no pointllm parser knows."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    found = []
+    for span in re.findall(r"`([^`\n]+)`", prose):
+        for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", span):
+            known = flag in flags or flag in OTHER_TOOLS_FLAGS or flag in LEGACY_FLAGS
+            if not known and flag not in found:
+                found.append(flag)
+    return found
+
+
 # ---- links and pictures ------------------------------------------------------------------------
 
 
@@ -466,6 +541,24 @@ def test_documented_commands_parse():
             problems.append(f"{where}: {shlex.join(argv)}\n    {exc}")
     assert not problems, "\n".join(problems)
     assert checked["pointllm"] >= 50, checked  # the docs show dozens; a parsing bug shows here
+
+
+def test_flags_named_in_prose_exist():
+    flags = known_flags()
+    problems = {
+        str(path.relative_to(ROOT)): unknown
+        for path in DOC_FILES
+        if (unknown := unknown_prose_flags(path.read_text(), flags))
+    }
+    assert problems == {}
+    assert unknown_prose_flags("use `pointllm chat --pionts x`", flags) == ["--pionts"]
+
+
+def test_legacy_flags_are_still_translated():
+    from pointllm.train.args import translate_legacy_flags
+
+    for flag, value in LEGACY_FLAGS.items():
+        assert translate_legacy_flags([flag, value]) != [flag, value], flag
 
 
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
