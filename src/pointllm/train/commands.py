@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 _DESCRIPTION = """\
 usage: pointllm train [--config RECIPE] [--FIELD VALUE ...] [--nproc N ...]
@@ -10,7 +11,8 @@ usage: pointllm train [--config RECIPE] [--FIELD VALUE ...] [--nproc N ...]
 Train PointLLM stage 1 or stage 2. Values come from the recipe (a YAML file, or the name of one
 shipped with pointllm: stage1, stage2, demo_stage1, ...), then from the command line (which wins). The original PointLLM script's flags are accepted (--version v1, --stage_2 True,
 --fix_llm, --fix_pointnet, --pointnum, --evaluation_strategy, ...). Exit status 75 means the run
-was stopped by SIGTERM/SIGUSR1 after saving a checkpoint: resubmit it with --resume.
+was stopped by SIGTERM/SIGUSR1 after saving a checkpoint: resubmit it with --resume. Exit status
+65 means --resume found checkpoints but none intact (each skipped one is named with its reason).
 """
 
 
@@ -52,11 +54,16 @@ def _train(args: argparse.Namespace) -> int:
         return launch(options, rest, verbose=args.verbose)
 
     from pointllm.train.args import parse_args
+    from pointllm.train.checkpoints import NO_INTACT_CHECKPOINT_EXIT_CODE, NoIntactCheckpointError
     from pointllm.train.run import train
 
     model_args, data_args, training_args = parse_args(rest)
     _show_progress_messages()
-    result = train(model_args, data_args, training_args)
+    try:
+        result = train(model_args, data_args, training_args)
+    except NoIntactCheckpointError as exc:
+        print(f"pointllm train: error: {exc}", file=sys.stderr)
+        return NO_INTACT_CHECKPOINT_EXIT_CODE
     if result.interrupted:
         note_interruption()
         if training_args.should_save:

@@ -20,8 +20,10 @@ from pointllm.train.args import (
     PointLLMTrainingArguments,
 )
 from pointllm.train.checkpoints import (
-    latest_complete_checkpoint,
+    NoIntactCheckpointError,
     publish_directory,
+    resume_point,
+    verify_checkpoint,
 )
 from pointllm.train.lora import apply_lora, merge_lora, quantization_kwargs
 from pointllm.train.stages import apply_plan, build_model, stage_plan
@@ -127,10 +129,13 @@ def resume_checkpoint(training_args: PointLLMTrainingArguments) -> str | None:
     if explicit:
         if not Path(explicit).is_dir():
             raise ArgumentError(f"--resume_from_checkpoint {explicit}: no such directory")
+        problem = verify_checkpoint(Path(explicit))
+        if problem is not None:
+            raise NoIntactCheckpointError(f"--resume_from_checkpoint {explicit}: {problem}")
         return explicit
     if not training_args.resume:
         return None
-    latest = latest_complete_checkpoint(training_args.output_dir)
+    latest = resume_point(training_args.output_dir)
     if latest is None:
         logger.info(
             "--resume: no complete checkpoint in %s, starting fresh", training_args.output_dir
