@@ -21,13 +21,16 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pointllm.atomic import write_json
 from pointllm.eval.matcher import ClassSet, class_set_for, matcher_scores, modelnet40_class_set
 from pointllm.eval.results import TASKS, evaluated_path, load_results, object_key, read_json
+
+if TYPE_CHECKING:
+    from pointllm.train.launch import LaunchOutcome
 
 # The original's sampling settings (eval_modelnet_cls.py / eval_objaverse.py), for --sample.
 ORIGINAL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 50, "top_p": 0.95}
@@ -493,7 +496,7 @@ def merge_shards(items: Sequence[BenchmarkItem], prompt: str, output: str | Path
     return data
 
 
-def _failure(outcome: Any, nproc: int, output: Path) -> str:
+def _failure(outcome: LaunchOutcome, nproc: int, output: Path) -> str:
     """One line: which ranks failed (or the signal), and that a rerun continues."""
     import signal as signals
 
