@@ -39,6 +39,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -350,6 +351,9 @@ def train_in_process(argv: list[str], skip_final_save: bool = False) -> dict:
         "tokens_per_s": round(summary["tokens_per_second"] or 0.0, 1),
         "samples_per_s": summary.get("samples_per_second"),
         "peak_memory_gib": cuda_peak_gib() if torch.cuda.is_available() else None,
+        "peak_reserved_gib": gib(torch.cuda.max_memory_reserved())
+        if torch.cuda.is_available()
+        else None,
         "peak_rss_gib": None if torch.cuda.is_available() else round(summary["peak_memory_gb"], 2),
         "precision": summary["precision"],
         "attention": recorder.attention,
@@ -417,15 +421,13 @@ def part_doctor(ctx: Context, limit_s: float) -> dict:
 
 
 def part_gpu_tests(ctx: Context, limit_s: float) -> dict:
-    if ctx.rehearse:
-        # Only the files that hold GPU tests: collecting the whole suite costs ~10 s on a CPU.
-        targets = [
-            str(p.relative_to(REPO))
-            for p in sorted((REPO / "tests").glob("test_*.py"))
-            if "mark.gpu" in p.read_text()
-        ]
-    else:
-        targets = ["tests"]
+    # Only the files that hold GPU tests: the others need packages the GPU image lacks (gradio,
+    # nltk, ...), and collecting them all costs ~10 s on a CPU.
+    targets = [
+        str(p.relative_to(REPO))
+        for p in sorted((REPO / "tests").glob("test_*.py"))
+        if "mark.gpu" in p.read_text()
+    ]
     argv = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
     status, output = run_command([*argv, *targets], limit_s, ctx.path("gpu_tests.log"))
     counts = {
@@ -566,6 +568,7 @@ def part_prepare(ctx: Context, limit_s: float) -> dict:
     ctx.path("data", "anno_big.json").write_text(json.dumps(big))
     word_tokenizer(big_vocab, ctx.path("tokenizer_big"))
     llm_note = build_small_llm(ctx)
+    ctx.path("prepared.json").write_text(json.dumps({"small_llm": llm_note}))
     return {"objects": len(objects), "small_llm": llm_note, "summary": llm_note}
 
 
@@ -647,7 +650,10 @@ def _smol(ctx: Context, stage: int) -> dict:
 
 def train_summary(m: dict) -> str:
     memory = m.get("peak_memory_gib")
-    memory = f"peak {memory} GiB" if memory is not None else f"peak RSS {m.get('peak_rss_gib')} GiB"
+    if memory is not None:
+        memory = f"peak {memory} GiB allocated, {m.get('peak_reserved_gib')} GiB reserved"
+    else:
+        memory = f"peak RSS {m.get('peak_rss_gib')} GiB"
     loss = f"loss {m['loss_first']} -> {m['loss_last']}; " if "loss_first" in m else ""
     return (
         f"{loss}{m['steps']} steps, {m['step_s_median']} s/step, {m['tokens_per_s']} tok/s, "
@@ -800,10 +806,15 @@ def _recipe(ctx: Context, name: str) -> dict:
         argv += ["--bf16", "false", "--dtype", "float32", "--dataloader_num_workers", "0"]
     metrics = train_in_process(argv, skip_final_save=True)
     metrics["micro_batch"] = ctx.shapes.recipe_batch or settings.get("per_device_train_batch_size")
-    metrics["fits_24gb"] = (
-        metrics["peak_memory_gib"] is not None and metrics["peak_memory_gib"] * GIB < 24e9
+    # A 24 GB card (RTX 3090/4090: 24 GiB) keeps ~1 GiB for the CUDA context and libraries; what
+    # the caching allocator reserved must fit in the rest.
+    reserved = metrics["peak_reserved_gib"]
+    metrics["fits_24gb"] = reserved is not None and reserved <= 23.0
+    fits = (
+        {True: "fits 24 GB", False: "does not fit 24 GB"}[metrics["fits_24gb"]] if ctx.cuda else ""
     )
     metrics["summary"] = f"micro-batch {metrics['micro_batch']}: " + train_summary(metrics)
+    metrics["summary"] += f"; {fits}" if fits else ""
     return metrics
 
 
@@ -855,10 +866,11 @@ def _infer(ctx: Context, quantize: str | None) -> dict:
     )
     metrics["peak_memory_gib"] = cuda_peak_gib() if ctx.cuda else None
     metrics["dtype"] = str(llm.model.dtype).removeprefix("torch.")
+    memory = f", {loaded} GiB after load, peak {metrics['peak_memory_gib']} GiB" if ctx.cuda else ""
     metrics["summary"] = (
-        f"load {metrics['load_s']} s, {loaded} GiB loaded, peak {metrics['peak_memory_gib']} GiB; "
-        f"{n} new tokens: b1 {metrics['batch1_tokens_per_s']} tok/s, "
-        f"b8 {metrics['batch8_tokens_per_s']} tok/s ({metrics['batch8_over_batch1']}x)"
+        f"{metrics['dtype']}, load {metrics['load_s']} s{memory}; {n} new tokens: "
+        f"b1 {metrics['batch1_tokens_per_s']} tok/s, b8 {metrics['batch8_tokens_per_s']} tok/s "
+        f"({metrics['batch8_over_batch1']}x)"
     )
     return metrics
 
@@ -981,17 +993,48 @@ class Part:
     run: Callable[[Context, float], dict]
     limit_s: float  # on the GPU; the rehearsal uses its own cap
     needs: tuple[str, ...] = ()
+    # What later parts read (relative to the work directory); removed before the part runs, so
+    # its presence afterwards means this run made it. A part is needed for its output: stage 1
+    # whose loss did not fall still feeds stage 2.
+    output: str | None = None
 
 
 PARTS = [
     Part("doctor", "pointllm doctor --json", part_doctor, 60),
     Part("gpu_tests", "pytest -m gpu", part_gpu_tests, 150),
     Part("encoder", "grouping vs reference loop; v1.2 encoder forward", part_encoder, 90),
-    Part("prepare", "synthetic data, small LLM, 32000-word tokenizer", part_prepare, 60),
-    Part("smol_stage1", "stage 1, 20 steps, bf16 SDPA", part_smol_stage1, 120, ("prepare",)),
-    Part("smol_stage2", "stage 2, 20 steps, bf16 SDPA", part_smol_stage2, 120, ("smol_stage1",)),
+    Part(
+        "prepare",
+        "synthetic data, small LLM, 32000-word tokenizer",
+        part_prepare,
+        60,
+        output="prepared.json",
+    ),
+    Part(
+        "smol_stage1",
+        "stage 1, 20 steps, bf16 SDPA",
+        part_smol_stage1,
+        120,
+        ("prepare",),
+        output="smol_stage1",
+    ),
+    Part(
+        "smol_stage2",
+        "stage 2, 20 steps, bf16 SDPA",
+        part_smol_stage2,
+        120,
+        ("smol_stage1",),
+        output="smol_stage2",
+    ),
     Part("serve", "pointllm serve, 16 concurrent clients", part_serve, 90, ("smol_stage2",)),
-    Part("build_7b", "random 7B-shaped LLaMA + v1.2 encoder", part_build_7b, 150, ("prepare",)),
+    Part(
+        "build_7b",
+        "random 7B-shaped LLaMA + v1.2 encoder",
+        part_build_7b,
+        150,
+        ("prepare",),
+        output="ckpt_big",
+    ),
     Part("stage1_1gpu_24gb", "recipe on the 7B shape", part_stage1_1gpu_24gb, 150, ("build_7b",)),
     Part(
         "stage2_lora_1gpu_24gb",
@@ -1137,10 +1180,21 @@ def log_tail(ctx: Context, name: str, chars: int = 1500) -> str:
 
 
 def dependency_met(ctx: Context, results: dict[str, Result], name: str) -> bool:
-    """Ran and passed in this run, or (with --only) in an earlier run into the same --out."""
-    if name in results:
-        return results[name].status == "ok"
-    return ctx.path("parts", f"{name}.ok").exists()
+    """The part's output is there: made in this run, or (with --only) by an earlier run into the
+    same work directory. A part without an output must have passed in this run."""
+    output = PARTS_BY_NAME[name].output
+    if output is not None:
+        return ctx.path(output).exists()
+    return name in results and results[name].status == "ok"
+
+
+def remove_output(ctx: Context, part: Part) -> None:
+    if part.output is not None:
+        path = ctx.path(part.output)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def run_plan(
@@ -1156,7 +1210,13 @@ def run_plan(
         unmet = [n for n in part.needs if not dependency_met(ctx, results, n)]
         if unmet:
             ran = results.get(unmet[0])
-            result.reason = f"needs {unmet[0]}, which " + (ran.status if ran else "did not run")
+            result.reason = f"needs {unmet[0]}, which " + (
+                f"{ran.status} without output"
+                if ran and ran.status == "ok"
+                else ran.status
+                if ran
+                else "did not run"
+            )
         elif remaining < 5:
             result.reason = f"the global budget of {budget_s:.0f} s was spent"
         else:
@@ -1164,17 +1224,13 @@ def run_plan(
             if cap_s is not None:
                 limit = min(limit, cap_s)
             print(f"[gpu-check] {name} (limit {limit:.0f} s) ...", file=sys.stderr, flush=True)
+            remove_output(ctx, part)
             start = time.perf_counter()
             runner = run_isolated if isolation == "process" else run_inline
             result.status, result.reason, result.metrics = runner(ctx, part, limit)
             result.seconds = round(time.perf_counter() - start, 1)
             if result.status == "failed":
                 result.log_tail = log_tail(ctx, name)
-            marker = ctx.path("parts", f"{name}.ok")
-            if result.status == "ok":
-                marker.touch()
-            else:
-                marker.unlink(missing_ok=True)
         print(
             f"[gpu-check] {name}: {result.status} {result.seconds} s {result.reason}",
             file=sys.stderr,
@@ -1254,6 +1310,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rehearse:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the rehearsal runs on the CPU, GPU or not
     out = Path(args.out)
     ctx = Context(
         work=Path(args.work) if args.work else out / "work",
