@@ -1284,7 +1284,7 @@ def parse_fail(values: list[str]) -> dict[str, str]:
     return fail
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="report directory (report.json, report.md)")
     parser.add_argument(
@@ -1309,7 +1309,11 @@ def main(argv: list[str] | None = None) -> int:
         help="inject a failure (or a hang) into PART, to check the check (also $GPU_CHECK_FAIL)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.rehearse:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the rehearsal runs on the CPU, GPU or not
     out = Path(args.out)
