@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -39,11 +40,40 @@ def quiet_third_party_noise() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_progress(stream=None) -> bool:
+    """Keep long phases (hub downloads, weight loading) visible. On a terminal the hub's and
+    transformers' own progress bars draw; in a log (no terminal) they would fill it with
+    carriage returns, so they are off and each phase prints one `pointllm: ...` line instead.
+    Returns whether bars are on."""
+    if (stream or sys.stderr).isatty():
+        return True
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logger = logging.getLogger("pointllm.progress")
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("pointllm: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return False
 
 
 def hide_loading_bars() -> None:
-    """transformers draws a progress bar for every checkpoint it loads; ours are enough."""
+    """No per-checkpoint loading bars from transformers (used when stderr is no terminal)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -67,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verbose:
         quiet_third_party_noise()
-        if getattr(args, "needs_model", True):
+        if not show_progress() and getattr(args, "needs_model", True):
             hide_loading_bars()
     try:
         status = args.func(args)

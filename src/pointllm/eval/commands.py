@@ -209,7 +209,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "Interrupt and rerun the same command to continue where it stopped.",
     )
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--model", required=True, help="PointLLM checkpoint folder")
+    p.add_argument(
+        "--model", required=True, help="PointLLM checkpoint folder or Hub id org/name[@revision]"
+    )
     p.add_argument(
         "--data-path",
         required=True,

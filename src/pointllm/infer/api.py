@@ -92,7 +92,8 @@ def load(
     dtype: str | torch.dtype = "auto",
     quantize: str | None = None,
 ) -> PointLLM:
-    """Load a PointLLM checkpoint directory (ours or an original PointLLM release) for inference.
+    """Load a PointLLM checkpoint (ours or an original PointLLM release) for inference: a
+    directory or a Hugging Face Hub id `org/name[@revision]` (see `resolve_model_path`).
 
     device: auto | cpu | cuda | cuda:N. dtype: auto | fp32 | bf16 | fp16 (see `resolve_dtype`).
     quantize: None, "8bit" or "4bit": the language model's linear layers in bitsandbytes
@@ -109,15 +110,21 @@ def load(
             raise ValueError(
                 f"quantize={quantize!r} needs a CUDA GPU (bitsandbytes); device is {resolved_device}"
             )
-    path = Path(model_path)
+    from pointllm.model.backbones import parse_hub_id, progress, resolve_model_path
+
+    path = resolve_model_path(model_path)  # a directory, or `org/name[@revision]` on the Hub
     _check_checkpoint_dir(path)
+    is_local = Path(model_path).expanduser().exists() or parse_hub_id(str(model_path)) is None
+    progress.info("loading %s on %s (%s)", path, resolved_device, str(resolved_dtype)[6:])
     if quantize is None:
         model, tokenizer = load_pointllm(path, dtype=resolved_dtype, device=resolved_device)
     else:
         model, tokenizer = load_pointllm(path, dtype=resolved_dtype)
         quantize_language_model(model, quantize, resolved_dtype)
         model.to(resolved_device)  # bitsandbytes quantizes the weights as they move to the GPU
-    return PointLLM(model, tokenizer, model_name=path.resolve().name)
+    return PointLLM(
+        model, tokenizer, model_name=path.resolve().name if is_local else str(model_path)
+    )
 
 
 def _check_checkpoint_dir(path: Path) -> None:

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Ask a PointLLM checkpoint about a point cloud. With --prompt, print the "
         "answer and exit; without it, start an interactive chat (/help lists its commands).",
     )
-    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument(
+        "--model", required=True, help="checkpoint directory or Hugging Face Hub id org/name[@rev]"
+    )
     p.add_argument(
         "--points", help="point cloud or mesh file (npy, ply, pcd, xyz, obj, glb, ...); optional"
     )

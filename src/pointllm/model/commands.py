@@ -9,8 +9,9 @@ from pathlib import Path
 def _convert(args: argparse.Namespace) -> int:
     """Check the target, then convert in the direction asked."""
     from pointllm.model import legacy
+    from pointllm.model.backbones import resolve_model_path
 
-    source, target = Path(args.source), Path(args.target)
+    source, target = resolve_model_path(args.source), Path(args.target)
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"{source}: not a checkpoint directory (no config.json)")
     if target.resolve() == source.resolve():
@@ -42,7 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint into the original layout, for the original code. Loading needs no "
         "conversion: pointllm reads original checkpoints as they are.",
     )
-    p.add_argument("--from", dest="source", required=True, help="checkpoint directory to read")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="checkpoint directory (or Hub id org/name[@revision]) to read",
+    )
     p.add_argument("--to", dest="target", required=True, help="directory to write")
     p.add_argument(
         "--to-original",
