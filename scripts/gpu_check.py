@@ -196,6 +196,9 @@ def run_command(argv: list[str], limit_s: float, log: Path) -> tuple[int, str]:
         except subprocess.TimeoutExpired:
             kill_group(proc)
             raise PartTimeout(f"{' '.join(argv[1:4])} ... ran past {limit_s:.0f} s") from None
+        except BaseException:  # the part's own alarm, Ctrl-C: leave no process behind
+            kill_group(proc)
+            raise
     return status, log.read_text(errors="replace")[-3000:]
 
 
@@ -1147,7 +1150,9 @@ def worker(ctx: Context, name: str, limit_s: float) -> int:
     return 0
 
 
-def machine_info() -> dict:
+def machine_info(query_gpu: bool) -> dict:
+    """Versions and the GPU, read without creating a CUDA context in this process (the parts'
+    processes should have the GPU to themselves)."""
     import torch
 
     info = {
@@ -1156,17 +1161,25 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
+        "cuda": torch.version.cuda,
     }
     with contextlib.suppress(Exception):
         import transformers
 
         info["transformers"] = transformers.__version__
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = props.name
-        info["gpu_memory_gib"] = gib(props.total_memory)
-        info["cuda"] = torch.version.cuda
+    with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
+        if not query_gpu:
+            return info
+        query = "--query-gpu=name,memory.total,driver_version"
+        smi = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if smi.returncode == 0 and smi.stdout.strip():
+            name, memory, driver = (x.strip() for x in smi.stdout.splitlines()[0].split(","))
+            info.update(gpu=name, gpu_memory=memory, driver=driver)
     return info
 
 
@@ -1337,7 +1350,7 @@ def main(argv: list[str] | None = None) -> int:
     isolation = args.isolation or ("inline" if args.rehearse else "process")
     ctx.path("parts").mkdir(parents=True, exist_ok=True)
     os.environ.update({k: v for k, v in child_env().items() if k != "PYTHONPATH"})
-    info = machine_info()
+    info = machine_info(query_gpu=not args.rehearse)
     started = time.monotonic()
     results = run_plan(ctx, names, args.budget_s, isolation, args.limit_s)
     total = time.monotonic() - started
