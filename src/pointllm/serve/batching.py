@@ -180,7 +180,8 @@ class Batcher:
         self.failure: BaseException | None = None  # why the worker died, if it did
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._pending: deque[_Job] = deque()  # taken off the queue, not yet run
-        self._lock = threading.Lock()  # stats.queued, and a job's started/cancelled handover
+        self._open: set[_Job] = set()  # submitted and not finished, wherever they are
+        self._lock = threading.Lock()  # stats.queued, _open, a job's started/cancelled handover
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -204,17 +205,16 @@ class Batcher:
         self._fail_waiting(RuntimeError("the server is shutting down"))
 
     def _fail_waiting(self, exc: BaseException) -> None:
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self._pending.append(job)
-        while self._pending:
-            self._fail(self._pending.popleft(), exc)
+        """Fail every unfinished job: queued, pending, or held by a worker that broke."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        self._pending.clear()
         with self._lock:
+            jobs, self._open = list(self._open), set()
             self.stats.queued = 0
+        for job in jobs:
+            self._fail(job, exc)
 
     # ---- submitting ---------------------------------------------------------------------------
 
@@ -284,6 +284,7 @@ class Batcher:
                 self.stats.rejected += 1
                 raise QueueFull(f"{self.stats.queued} requests are waiting (the limit)")
             self.stats.queued += 1
+            self._open.add(job)
         self._queue.put(job)
 
     def _drop_unstarted(self, job: _Job) -> bool:
@@ -311,6 +312,8 @@ class Batcher:
                 self.stats.cancelled += len(batch) - len(live)
                 if live:
                     self._run(live)
+                with self._lock:
+                    self._open.difference_update(batch)
         except BaseException as exc:  # the loop itself broke: refuse work, tell the server
             self.failure = exc
             log.critical("the generation worker died", exc_info=exc)
@@ -415,6 +418,7 @@ class Batcher:
             items = [(job.request.points, job.request.history[0]["content"]) for job in jobs]
             texts = self.llm.generate_batch(items, **gen)
         counts = progress.counts(self._end_ids)
+        self.stats.cancelled += sum(job.cancelled.is_set() for job in jobs)  # stopped mid-way
         for job, text, (count, eos) in zip(jobs, texts, counts, strict=True):
             with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
                 job.future.set_result(Answer(text, count, eos))
