@@ -22,7 +22,9 @@ import argparse
 import os
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PROBE_TIMEOUT_S = 5.0
@@ -31,6 +33,8 @@ PROBE_TIMEOUT_S = 5.0
 def index_reachable(index: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether `index`/torch/ answers within `timeout` seconds (urlopen raises on HTTP >= 400)."""
     url = index.rstrip("/") + "/torch/"
+    if url.startswith("file:"):  # a local index (a folder per project), as pip reads it
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)).is_dir()
     try:
         with urllib.request.urlopen(url, timeout=timeout):
             return True
