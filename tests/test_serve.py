@@ -398,6 +398,11 @@ def test_cli_checks_settings_before_loading_the_model(files, tmp_path, capsys):
     assert "no such checkpoint directory" in capsys.readouterr().err
     assert main(["serve", "--model", str(files["checkpoint"]), "--max-batch", "0"]) == 1
     assert "--max-batch must be >= 1" in capsys.readouterr().err
+    assert main(["serve", "--model", str(files["checkpoint"]), "--max-queue", "0"]) == 1
+    assert "--max-queue must be > 0" in capsys.readouterr().err
+    # Listening beyond loopback needs the Host names clients use (DNS rebinding).
+    assert main(["serve", "--model", str(files["checkpoint"]), "--host", "0.0.0.0"]) == 1
+    assert "--allowed-host NAME" in capsys.readouterr().err
 
 
 # ---- pieces -----------------------------------------------------------------------------------
