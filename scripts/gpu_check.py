@@ -1002,9 +1002,9 @@ class Part:
     run: Callable[[Context, float], dict]
     limit_s: float  # on the GPU; the rehearsal uses its own cap
     needs: tuple[str, ...] = ()
-    # What later parts read (relative to the work directory); removed before the part runs, so
-    # its presence afterwards means this run made it. A part is needed for its output: stage 1
-    # whose loss did not fall still feeds stage 2.
+    # The file that says the part made what later parts read (relative to the work directory;
+    # its top directory is removed before the part runs). Parts need each other's outputs, not
+    # their verdicts: a stage 1 whose loss did not fall still feeds stage 2.
     output: str | None = None
 
 
@@ -1025,7 +1025,7 @@ PARTS = [
         part_smol_stage1,
         120,
         ("prepare",),
-        output="smol_stage1",
+        output="smol_stage1/config.json",
     ),
     Part(
         "smol_stage2",
@@ -1033,7 +1033,7 @@ PARTS = [
         part_smol_stage2,
         120,
         ("smol_stage1",),
-        output="smol_stage2",
+        output="smol_stage2/config.json",
     ),
     Part("serve", "pointllm serve, 16 concurrent clients", part_serve, 90, ("smol_stage2",)),
     Part(
@@ -1042,7 +1042,7 @@ PARTS = [
         part_build_7b,
         150,
         ("prepare",),
-        output="ckpt_big",
+        output="ckpt_big/config.json",
     ),
     Part("stage1_1gpu_24gb", "recipe on the 7B shape", part_stage1_1gpu_24gb, 150, ("build_7b",)),
     Part(
@@ -1208,8 +1208,9 @@ def dependency_met(ctx: Context, results: dict[str, Result], name: str) -> bool:
 
 
 def remove_output(ctx: Context, part: Part) -> None:
+    """Remove what the part made last time (its output's top directory), before it runs again."""
     if part.output is not None:
-        path = ctx.path(part.output)
+        path = ctx.path(Path(part.output).parts[0])
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -1229,13 +1230,12 @@ def run_plan(
         unmet = [n for n in part.needs if not dependency_met(ctx, results, n)]
         if unmet:
             ran = results.get(unmet[0])
-            result.reason = f"needs {unmet[0]}, which " + (
-                f"{ran.status} without output"
-                if ran and ran.status == "ok"
-                else ran.status
-                if ran
-                else "did not run"
-            )
+            if ran is None:
+                result.reason = f"needs {unmet[0]}, which did not run"
+            elif ran.status == "ok":
+                result.reason = f"needs {unmet[0]}, whose output is missing"
+            else:
+                result.reason = f"needs {unmet[0]}, which {ran.status}"
         elif remaining < 5:
             result.reason = f"the global budget of {budget_s:.0f} s was spent"
         else:
