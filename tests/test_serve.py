@@ -260,6 +260,9 @@ def test_request_size_limit(app_client):
         (chat([user("hi")], max_tokens=0), "max_tokens", "greater than or equal to 1"),
         (chat([user("hi")], temperature="hot"), "temperature", "valid number"),
         (chat([user("hi")], stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
+        (chat([user("hi")], stop=["x" * 65]), "stop", "at most 64"),
+        (chat([user("hi")], seed=-1), "seed", "greater than or equal to 0"),
+        (chat([{"role": "user", "content": ""}] * 2049), "messages", "at most 2048 messages"),
         (
             chat([user("a", point_part(path="cloud.npy")), user("b", point_part(path="c.npy"))]),
             "messages.1.content",

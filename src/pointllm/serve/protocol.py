@@ -39,6 +39,8 @@ _ERROR_TYPES = {
 }
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+# Far beyond any context window; checked before validation builds an object per message.
+MAX_MESSAGES = 2048
 
 
 class APIError(Exception):
@@ -176,6 +178,13 @@ def parse_chat_request(body: bytes, max_stop_chars: int | None = None) -> ChatCo
         raise APIError(400, "the request body is nested too deeply") from exc
     if not isinstance(payload, dict):
         raise APIError(400, "the request body must be a JSON object")
+    messages = payload.get("messages")
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+        raise APIError(
+            400,
+            f"at most {MAX_MESSAGES} messages per request, got {len(messages)}",
+            param="messages",
+        )
     try:
         request = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
