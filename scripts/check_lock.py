@@ -10,6 +10,7 @@ platform is this machine's (Linux x86_64 here). Each version's downloads go to a
 folder that is deleted afterwards. Exit status 0 when every version passes.
 
 Usage: python scripts/check_lock.py [--lock requirements.lock] [--python 3.12 ...]
+                                    [--platform macosx_14_0_arm64]
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def plain_pypi_env() -> dict[str, str]:
     return env
 
 
-def check(python_version: str, lock: Path) -> tuple[bool, str]:
-    """Download the lock's wheels for `python_version`; (ok, last error line)."""
+def check(python_version: str, lock: Path, platform: str | None = None) -> tuple[bool, str]:
+    """Download the lock's wheels for `python_version` (and `platform`, a wheel platform tag such
+    as macosx_14_0_arm64; default: this machine's); (ok, last error line)."""
     with tempfile.TemporaryDirectory(prefix=f"check-lock-{python_version}-") as tmp:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(lock.read_text() + "\n".join(EXTRA_PINS) + "\n")
@@ -60,6 +62,7 @@ def check(python_version: str, lock: Path) -> tuple[bool, str]:
             sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
             "--python-version", python_version, "--no-deps",
             "-r", str(requirements), "-d", str(Path(tmp) / "wheels"),
+            *(["--platform", platform] if platform else []),
         ]  # fmt: skip
         result = subprocess.run(cmd, env=plain_pypi_env(), capture_output=True, text=True)
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
@@ -70,13 +73,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lock", type=Path, default=ROOT / "requirements.lock")
     parser.add_argument("--python", nargs="+", help="versions to check (default: all claimed)")
+    parser.add_argument("--platform", help="a wheel platform tag, e.g. macosx_14_0_arm64")
     args = parser.parse_args()
     versions = args.python or claimed_pythons(ROOT / "pyproject.toml")
-    print(f"check-lock: {args.lock.name} against plain PyPI for Python {', '.join(versions)}")
+    where = args.platform or "this platform"
+    print(f"check-lock: {args.lock.name} on plain PyPI, {where}, Python {', '.join(versions)}")
     failed = []
     for version in versions:
         start = time.monotonic()
-        ok, error = check(version, args.lock)
+        ok, error = check(version, args.lock, args.platform)
         status = "ok" if ok else f"FAILED: {error}"
         print(f"  Python {version}: {status} ({time.monotonic() - start:.0f} s)", flush=True)
         if not ok:
