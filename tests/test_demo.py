@@ -88,7 +88,7 @@ def test_fresh_or_other_settings_rerun_every_phase(tmp_path, fake_phases):
 def test_an_edited_recipe_reruns_its_stage_and_later_phases(tmp_path, fake_phases, monkeypatch):
     recipes = tmp_path / "configs"
     recipes.mkdir()
-    for stage in (1, 2):
+    for stage in (0, 1, 2):
         name = f"demo_stage{stage}.yaml"
         (recipes / name).write_bytes(demo.recipe_path(name).read_bytes())
     monkeypatch.setattr(demo, "recipe_path", lambda name: recipes / name)

@@ -171,3 +171,41 @@ def test_read_labels_numbers_classes_densely(tmp_path):
     labels, names = read_labels(split)
     assert names == ["box", "mug"]
     assert labels == {"a": 1, "b": 0, "c": 1}
+
+
+def test_a_new_model_takes_its_encoder_from_the_stage0_checkpoint(tmp_path):
+    """The checkpoint carries its encoder config: training builds that encoder without repeating
+    the sizes, refuses settings that contradict it, and keeps presets for checkpoints without."""
+    from pointllm.model.encoder import read_checkpoint_config
+    from pointllm.pretrain.model import PointTextAligner, save_checkpoint
+    from pointllm.train.args import ArgumentError, DataArguments, ModelArguments
+    from pointllm.train.stages import new_point_config
+
+    config = PointBertConfig(**TINY_SIZES, point_dims=3)
+    checkpoint = tmp_path / "point_bert.pt"
+    save_checkpoint(PointTextAligner(config, text_dim=8), config, checkpoint)
+    assert read_checkpoint_config(checkpoint).to_dict() == config.to_dict()
+
+    built = new_point_config(ModelArguments(point_backbone_ckpt=str(checkpoint)), DataArguments())
+    assert built.to_dict() == config.to_dict()
+    PointBertEncoder(built).load_original_checkpoint(checkpoint)  # strict: shapes match
+    same = ModelArguments(point_backbone_ckpt=str(checkpoint), num_group=16)
+    assert new_point_config(same, DataArguments(use_color=False)).num_group == 16
+    other = ModelArguments(point_backbone_ckpt=str(checkpoint), trans_dim=96)
+    with pytest.raises(ArgumentError, match=r"encoder with trans_dim=64, .* asks for trans_dim=96"):
+        new_point_config(other, DataArguments())
+    with pytest.raises(ArgumentError, match=r"point_dims=3, .* asks for point_dims=6"):
+        new_point_config(
+            ModelArguments(point_backbone_ckpt=str(checkpoint)), DataArguments(use_color=True)
+        )
+
+    # A checkpoint without a config (the published layout): the preset and the overrides.
+    published = tmp_path / "published.pt"
+    torch.save({"state_dict": torch.load(checkpoint, weights_only=True)["state_dict"]}, published)
+    assert read_checkpoint_config(published) is None
+    built = new_point_config(ModelArguments(point_backbone_ckpt=str(published)), DataArguments())
+    assert built.to_dict() == PointBertConfig.from_preset("v1.2").to_dict()
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {}, "point_config": {"trans_dim": 64}}, bad)
+    with pytest.raises(ValueError, match=r"bad\.pt: point_config must hold depth, "):
+        read_checkpoint_config(bad)

@@ -109,10 +109,11 @@ class Context:
 
 
 def demo_encoder() -> tuple[Any, int]:
-    """The encoder config and points per cloud of the stage-1 demo recipe."""
+    """The encoder config and points per cloud of the stage-0 demo recipe (stage 1 builds its
+    encoder from the checkpoint stage 0 writes)."""
     from pointllm.pretrain import read_recipe, resolve_encoder
 
-    return resolve_encoder(read_recipe(recipe_path("demo_stage1.yaml")))
+    return resolve_encoder(read_recipe(recipe_path("demo_stage0.yaml")))
 
 
 def _phase_data(ctx: Context) -> dict[str, Any]:

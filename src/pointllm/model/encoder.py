@@ -12,10 +12,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from pointllm.config import PointBertConfig
+from pointllm.config import POINT_BERT_SIZE_FIELDS, PointBertConfig
 from pointllm.ops import group_points
 
 CHECKPOINT_PREFIX = "module.point_encoder."
+# Where a checkpoint of `pointllm pretrain-encoder` keeps the config of its encoder (the published
+# point_bert_v1.x.pt files have none): the sizes and `point_dims`.
+CHECKPOINT_CONFIG_KEY = "point_config"
 
 
 class MiniPointNet(nn.Module):
@@ -145,13 +148,7 @@ class PointBertEncoder(nn.Module):
 
     def load_original_checkpoint(self, path: str | os.PathLike) -> None:
         """Load a published `point_bert_v1.x.pt` (torch pickle read with weights_only=True)."""
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for unreadable/unsafe files
-            raise ValueError(
-                f"{path}: cannot read Point-BERT checkpoint ({exc.__class__.__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''})"
-            ) from exc
+        checkpoint = _read_checkpoint(path)
         state = (
             checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
         )
@@ -185,3 +182,30 @@ class PointBertEncoder(nn.Module):
                 f"{tuple(state[wrong[0]].shape)}, the encoder expects {tuple(own[wrong[0]].shape)}"
             )
         self.load_state_dict(dict(state), strict=True)
+
+
+def _read_checkpoint(path: str | os.PathLike) -> object:
+    """A Point-BERT checkpoint's contents (torch pickle read with weights_only=True)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable/unsafe files
+        raise ValueError(
+            f"{path}: cannot read Point-BERT checkpoint ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> PointBertConfig | None:
+    """The encoder config a checkpoint carries under `CHECKPOINT_CONFIG_KEY`, or None when it
+    has none (the published checkpoints)."""
+    checkpoint = _read_checkpoint(path)
+    fields = checkpoint.get(CHECKPOINT_CONFIG_KEY) if isinstance(checkpoint, Mapping) else None
+    if fields is None:
+        return None
+    expected = {*POINT_BERT_SIZE_FIELDS, "point_dims"}
+    if not isinstance(fields, Mapping) or set(fields) != expected:
+        raise ValueError(
+            f"{path}: {CHECKPOINT_CONFIG_KEY} must hold {', '.join(sorted(expected))}, "
+            f"got {fields!r}"
+        )
+    return PointBertConfig(**fields)

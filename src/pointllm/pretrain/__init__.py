@@ -30,7 +30,6 @@ _LAZY = {
     "SIZE_FIELDS": "pointllm.pretrain.model",
     "contrastive_loss": "pointllm.pretrain.model",
     "point_config_fields": "pointllm.pretrain.model",
-    "read_checkpoint_config": "pointllm.pretrain.model",
     "save_checkpoint": "pointllm.pretrain.model",
     "TEXT_MODEL_PACKAGE": "pointllm.pretrain.data",
     "ZERO_SHOT_TEMPLATES": "pointllm.pretrain.data",

@@ -70,11 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stage 0: pre-train the Point-BERT encoder against caption embeddings",
         description="Stage 0: align a Point-BERT encoder with the sentence embeddings of the "
         "captions (frozen all-MiniLM-L6-v2, offline), ULIP-style, and save it in the original "
-        "point_bert.pt format for `pointllm train --point_backbone_ckpt`. With --config, the "
-        "encoder sizes, points per cloud, data and the checkpoint path come from a stage-1 "
-        "training recipe, so both stages agree; flags win over the recipe.",
+        "point_bert.pt format for `pointllm train --point_backbone_ckpt`; the checkpoint carries "
+        "its encoder config, from which training builds the encoder. With --config, the encoder "
+        "sizes, points per cloud, data and the checkpoint path come from a recipe (e.g. "
+        "demo_stage0); flags win over the recipe.",
     )
-    parser.add_argument("--config", help="stage-1 training recipe (YAML) to read settings from")
+    parser.add_argument("--config", help="recipe (YAML file or shipped name) to read settings from")
     parser.add_argument("--anno", help="annotation JSON; each object's first reply is its caption")
     parser.add_argument("--points", help="folder of {object_id}_8192.npy point clouds")
     parser.add_argument("--out", help=f"output folder (writes {DEFAULT_CHECKPOINT} and JSON files)")

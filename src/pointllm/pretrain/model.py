@@ -21,7 +21,7 @@ from torch import nn
 
 from pointllm.atomic import write_bytes
 from pointllm.config import POINT_BERT_SIZE_FIELDS, PointBertConfig
-from pointllm.model.encoder import CHECKPOINT_PREFIX, PointBertEncoder
+from pointllm.model.encoder import CHECKPOINT_CONFIG_KEY, CHECKPOINT_PREFIX, PointBertEncoder
 
 SIZE_FIELDS = POINT_BERT_SIZE_FIELDS
 
@@ -69,7 +69,7 @@ def point_config_fields(config: PointBertConfig) -> dict[str, int]:
 
 
 def save_checkpoint(model: PointTextAligner, config: PointBertConfig, path: str | os.PathLike):
-    """The original Point-BERT layout plus the encoder's config under `point_config`; the
+    """The original Point-BERT layout plus the encoder's config (`CHECKPOINT_CONFIG_KEY`); the
     alignment heads ride along under their own keys, which encoder loaders ignore."""
 
     def cpu(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -77,33 +77,10 @@ def save_checkpoint(model: PointTextAligner, config: PointBertConfig, path: str 
 
     checkpoint = {
         "state_dict": {CHECKPOINT_PREFIX + k: v for k, v in cpu(model.encoder).items()},
-        "point_config": point_config_fields(config),
+        CHECKPOINT_CONFIG_KEY: point_config_fields(config),
         "text_heads": {"cls_max": cpu(model.head), "cls": cpu(model.cls_head)},
         "logit_scale": float(model.logit_scale.detach()),
     }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     write_bytes(path, buffer.getvalue())
-
-
-def read_checkpoint_config(path: str | os.PathLike) -> PointBertConfig | None:
-    """The encoder config a stage-0 checkpoint carries, or None for a checkpoint without one
-    (the published point_bert_v1.x.pt files). Read with weights_only=True."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: Point-BERT checkpoint not found") from None
-    except Exception as exc:  # torch raises several types for unreadable/unsafe files
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ValueError(
-            f"{path}: cannot read Point-BERT checkpoint ({exc.__class__.__name__}: {first})"
-        ) from exc
-    fields = checkpoint.get("point_config") if isinstance(checkpoint, dict) else None
-    if fields is None:
-        return None
-    if not isinstance(fields, dict) or set(fields) != {*SIZE_FIELDS, "point_dims"}:
-        raise ValueError(
-            f"{path}: point_config must hold {', '.join((*SIZE_FIELDS, 'point_dims'))}, "
-            f"got {fields!r}"
-        )
-    return PointBertConfig(**fields)

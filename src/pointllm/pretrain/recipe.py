@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pointllm.config import POINT_BERT_SIZE_FIELDS, PointBertConfig
+from pointllm.train.args import read_recipe_file
 
 # The recipe fields that describe the encoder and its data (others are ignored).
 RECIPE_FIELDS = (
@@ -22,16 +21,9 @@ RECIPE_FIELDS = (
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The encoder and data fields of a YAML recipe (a flat mapping; others are ignored)."""
-    file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{file}: recipe not found") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a mapping of argument names to values")
+    """The encoder and data fields of a YAML recipe, a file or a shipped recipe's name such as
+    `demo_stage0` (the same reader as `pointllm train --config`); other fields are ignored."""
+    data = read_recipe_file(path)
     return {k: data[k] for k in RECIPE_FIELDS if data.get(k) is not None}
 
 

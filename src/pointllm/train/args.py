@@ -19,21 +19,14 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from pointllm.config import POINT_BERT_PRESETS, TEMPLATES
+from pointllm.config import POINT_BERT_PRESETS, POINT_BERT_SIZE_FIELDS, TEMPLATES
 
 STAGE_CONVERSATION_TYPES = {
     1: ["simple_description"],
     2: ["detailed_description", "single_round", "multi_round"],
 }
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-ENCODER_SIZE_FIELDS = (
-    "num_group",
-    "group_size",
-    "trans_dim",
-    "depth",
-    "num_heads",
-    "encoder_dims",
-)
+ENCODER_SIZE_FIELDS = POINT_BERT_SIZE_FIELDS
 
 
 class ArgumentError(ValueError):
@@ -322,8 +315,8 @@ def recipe_path(name: str | os.PathLike) -> Path:
     raise ArgumentError(f"{name}: config file not found (shipped recipes: {shipped})")
 
 
-def config_to_argv(path: str | os.PathLike) -> list[str]:
-    """A YAML recipe (a flat mapping of argument names to values) as command-line arguments.
+def read_recipe_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML recipe as a flat mapping of argument names to values ({} for an empty file).
     `path` is a file or the name of a shipped recipe (see `recipe_path`)."""
     import yaml
 
@@ -335,11 +328,16 @@ def config_to_argv(path: str | os.PathLike) -> list[str]:
     except yaml.YAMLError as exc:
         raise ArgumentError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
-        return []
+        return {}
     if not isinstance(data, dict):
         raise ArgumentError(f"{file}: expected a mapping of argument names to values")
+    return data
+
+
+def config_to_argv(path: str | os.PathLike) -> list[str]:
+    """A YAML recipe (see `read_recipe_file`) as command-line arguments."""
     argv: list[str] = []
-    for key, value in data.items():
+    for key, value in read_recipe_file(path).items():
         if value is None:
             continue
         if key in _RECIPE_FILE_KEYS and isinstance(value, str) and value.endswith(".json"):

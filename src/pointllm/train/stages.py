@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pointllm.config import PROJECTOR_PRESETS, PointBertConfig
+from pointllm.model.encoder import read_checkpoint_config
 from pointllm.model.pointllm import PointLLMForCausalLM, load_pointllm
 from pointllm.train.args import ArgumentError, DataArguments, ModelArguments
 
@@ -108,12 +109,32 @@ def build_model(
     return model.train(), tokenizer
 
 
+def new_point_config(model_args: ModelArguments, data_args: DataArguments) -> PointBertConfig:
+    """The encoder of a new model: the config its --point_backbone_ckpt carries (a stage-0
+    checkpoint does), else the preset with the size overrides and `use_color`. Sizes or a color
+    setting given next to a checkpoint that carries its config must match it."""
+    asked: dict[str, int] = model_args.encoder_overrides()
+    if data_args.use_color is not None:
+        asked["point_dims"] = 6 if data_args.use_color else 3
+    ckpt = model_args.point_backbone_ckpt
+    stored = read_checkpoint_config(ckpt) if ckpt else None
+    if stored is None:
+        asked.setdefault("point_dims", 6)
+        return PointBertConfig.from_preset(model_args.point_backbone or "v1.2", **asked)
+    differ = {k: v for k, v in asked.items() if getattr(stored, k) != v}
+    if differ:
+        theirs = ", ".join(f"{k}={getattr(stored, k)}" for k in differ)
+        ours = ", ".join(f"{k}={v}" for k, v in differ.items())
+        raise ArgumentError(
+            f"{ckpt} holds an encoder with {theirs}, but this run asks for {ours}: drop those "
+            "settings (the encoder is built from the checkpoint's config) or use another checkpoint"
+        )
+    return stored
+
+
 def _new_model(source, model_args, data_args, dtype, llm_kwargs):
-    use_color = True if data_args.use_color is None else data_args.use_color
     preset = model_args.point_backbone or "v1.2"
-    point_config = PointBertConfig.from_preset(
-        preset, point_dims=6 if use_color else 3, **model_args.encoder_overrides()
-    )
+    point_config = new_point_config(model_args, data_args)
     hidden = model_args.projector_hidden_dims
     return PointLLMForCausalLM.from_backbone(
         source,
