@@ -24,7 +24,7 @@ COMMAND_MODULES = (
     "pointllm.train.commands",
     "pointllm.pretrain.commands",
     "pointllm.doctor",
-    "pointllm.hpc",
+    "pointllm.hpc.commands",
 )
 
 
