@@ -21,7 +21,7 @@ lock_pin() { grep -i -m1 "^$1==" requirements.lock || { echo "$1 is not in requi
 WHEELS=(
   "$(lock_pin fastapi)" "$(lock_pin starlette)" "$(lock_pin pydantic)" "$(lock_pin pydantic_core)"
   "$(lock_pin annotated-types)" "$(lock_pin typing-inspection)" "$(lock_pin typing_extensions)"
-  "$(lock_pin uvicorn)"
+  "$(lock_pin uvicorn)" "$(lock_pin opentelemetry-api)" # fastapi imports opentelemetry
   bitsandbytes==0.50.2 # 8-bit / 4-bit inference and QLoRA; slimmed below to its CUDA 13 library
   hjson==3.1.0         # deepspeed's one dependency the image lacks
 )
@@ -63,6 +63,39 @@ sdist=$(mktemp -d)
 python3 -m pip download -q --no-deps --no-binary=:all: -d "$sdist" "$DEEPSPEED"
 DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$DIR/wheels" "$sdist"/deepspeed-*.tar.gz
 rm -rf "$sdist"
+
+# Every dependency of every wheel (for CPython 3.12 on Linux) is either a wheel here or in the
+# image (its package list in the device tool's KINDS.md, read 2026-11-17).
+IMAGE="accelerate anyio annotated-doc certifi click einops filelock fsspec h11 httpcore httpx
+huggingface-hub idna jinja2 markupsafe msgpack networkx ninja numba numpy nvidia-ml-py packaging
+peft pillow protobuf psutil py-cpuinfo pytest pyyaml regex requests safetensors sentencepiece
+setuptools sympy tokenizers torch tqdm transformers triton typing-extensions urllib3 zipp"
+"$PY" - "$DIR/wheels" "$IMAGE" <<'PYTHON'
+import sys, zipfile
+from pathlib import Path
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+       "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+       "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
+wheels = sorted(Path(sys.argv[1]).glob("*.whl"))
+have = {canonicalize_name(w.name.split("-")[0]) for w in wheels}
+have |= {canonicalize_name(n) for n in sys.argv[2].split()}
+missing = []
+for wheel in wheels:
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    for line in meta.splitlines():
+        if line.startswith("Requires-Dist:"):
+            req = Requirement(line.split(":", 1)[1].strip())
+            needed = req.marker is None or req.marker.evaluate(env)
+            if needed and canonicalize_name(req.name) not in have:
+                missing.append(f"{wheel.name.split('-')[0]} needs {req}")
+if missing:
+    sys.exit("missing dependencies:\n  " + "\n  ".join(missing))
+print(f"dependencies: each of the {len(wheels)} wheels finds its own here or in the image")
+PYTHON
 
 # SmolLM2-135M-Instruct's config and tokenizer, from the embedded model's converted directory.
 src=$(PYTHONPATH=src "$PY" -c 'from pointllm.model.backbones import embedded_backbone_dir as d; print(d())')
