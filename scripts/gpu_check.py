@@ -15,20 +15,20 @@ recorded and the rest still run; a part whose input failed is skipped, saying wh
     smol_stage1/2   20 training steps each, bf16 autocast + SDPA, on SmolLM2-135M (the embedded
                     weights when installed, else its shape with random weights); loss, tokens/s,
                     peak memory
-    ddp, fsdp       `pointllm train --nproc 1` (torchrun) stage 2, plain DDP and the FSDP recipe
-    zero2, zero3    the same through DeepSpeed ZeRO-2 / ZeRO-3, where deepspeed imports
+    serve           `pointllm serve` on loopback with the stage-2 model, 16 concurrent clients
     build_7b        a random 7B-shaped LLaMA (32 layers, 4096 wide, 32000 vocabulary, 2048
                     context) + the v1.2 encoder (513 point tokens), saved as a PointLLM checkpoint
     stage1_1gpu_24gb, stage2_lora_1gpu_24gb, stage2_qlora_1gpu_24gb
                     the one-GPU recipes on that model for a few steps: max_memory_allocated,
                     step time
-    infer_bf16, infer_8bit, infer_4bit
+    infer_bf16, infer_4bit, infer_8bit
                     `pointllm.load` of that model: memory, tokens/s at batch 1 and 8
-    serve           `pointllm serve` on loopback, 16 concurrent clients
+    ddp, fsdp       `pointllm train --nproc 1` (torchrun) stage 2, plain DDP and the FSDP recipe
+    zero2, zero3    the same through DeepSpeed ZeRO-2 / ZeRO-3, where deepspeed imports
 
 --rehearse runs the same plan on the CPU with tiny shapes (parts that need CUDA are skipped with
 the reason), in this process (--isolation inline) so that it is fast enough for `make test`.
-Packages the lent GPU machine lacks travel as wheels: see scripts/gpu_wheels.sh.
+On a GPU machine without network, scripts/gpu_wheels.sh prepares the packages it may lack.
 """
 
 from __future__ import annotations
