@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pointllm import doctor
 from pointllm.cli import main
-from pointllm.doctor import FAIL, OK, WARN, Gpu, TorchInfo
+from pointllm.doctor import checks as doctor
+from pointllm.doctor.checks import FAIL, OK, WARN, Gpu, TorchInfo
 
 Usage = namedtuple("Usage", "total used free")
 GIB = 2**30

@@ -23,7 +23,7 @@ COMMAND_MODULES = (
     "pointllm.serve.commands",
     "pointllm.train.commands",
     "pointllm.pretrain.commands",
-    "pointllm.doctor",
+    "pointllm.doctor.commands",
     "pointllm.hpc.commands",
 )
 

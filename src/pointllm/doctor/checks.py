@@ -1,4 +1,4 @@
-"""`pointllm doctor`: can this machine train PointLLM, and if not, what to do about it.
+"""The checks of `pointllm doctor`: can this machine train PointLLM, and if not, what to do.
 
 Each check returns a `Check` (ok / warn / fail, one line of detail, one line of advice). The
 verdict is "blocked" (exit status 1) when any check fails, i.e. when training cannot start or
@@ -9,11 +9,10 @@ installed twice on `sys.path`, and jobs started on a login node.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -504,27 +503,3 @@ def format_table(checks: Sequence[Check]) -> str:
     counts = {s: sum(c.status == s for c in checks) for s in (FAIL, WARN)}
     lines.append(f"verdict: {name} ({counts[FAIL]} failed, {counts[WARN]} warnings)")
     return "\n".join(lines)
-
-
-def _doctor(args: argparse.Namespace) -> int:
-    import json
-
-    checks = run_checks()
-    name, status = verdict(checks)
-    if args.json:
-        report = {"verdict": name, "exit_status": status, "checks": [asdict(c) for c in checks]}
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_table(checks))
-    return status
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="check this machine for training: torch/CUDA, GPUs, packages, apex, login node, disk",
-        description="Check whether this machine can train PointLLM. Exit status 1 when something "
-        "blocks training (each failed check says what to do).",
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(func=_doctor, needs_model=False)
