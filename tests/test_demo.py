@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pointllm import demo
 from pointllm.cli import main
+from pointllm.demo import run as demo
 
 SUMMARY_KEYS = {
     "accuracy",

@@ -15,7 +15,7 @@ import warnings
 
 # Modules that add subcommands; each defines register(subparsers).
 COMMAND_MODULES = (
-    "pointllm.demo",
+    "pointllm.demo.commands",
     "pointllm.data.commands",
     "pointllm.eval.commands",
     "pointllm.infer.commands",

@@ -1,4 +1,4 @@
-"""`pointllm demo`: a PointLLM trained and evaluated end to end on this machine, in minutes.
+"""The demo pipeline: a PointLLM trained and evaluated end to end on this machine, in minutes.
 
 synthetic data -> stage 0 (encoder pre-training) -> stage 1 -> stage 2 -> evaluation -> chat, each
 phase through the same entry point a user calls (`pointllm data synth`, `pretrain-encoder`,
@@ -13,7 +13,6 @@ settings are unchanged and whose outputs are still there, unless an earlier phas
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -440,22 +439,3 @@ def _print_report(ctx: Context, records: dict[str, dict], summary: dict[str, Any
     )
     print(f"Chat with it: pointllm chat --model {ctx.final_model} --points FILE")
     print(f"Summary: {ctx.out / SUMMARY_FILE}")
-
-
-def _handle(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, fresh=args.fresh)
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="train, evaluate and chat with a PointLLM on this machine (minutes, CPU)",
-        description="synthetic data -> stage 0 (encoder) -> stage 1 -> stage 2 -> held-out "
-        "evaluation -> chat examples, on the embedded SmolLM2-135M-Instruct. Finished phases "
-        "are reused on a re-run.",
-    )
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--fresh", action="store_true", help="run every phase again")
-    parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
-    parser.set_defaults(func=_handle)
