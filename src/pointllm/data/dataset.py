@@ -439,23 +439,3 @@ class PointLLMDataset(torch.utils.data.Dataset):
             self.stats[reason] += 1
             logger.warning("skipping sample %d (%s): %s", j, reason, message)
         raise ValueError(f"{self.anno_path}: no sample can be loaded")
-
-
-# `data check` lives in pointllm.data.check; its names stay importable from here, loaded on
-# first use because that module imports this one.
-_MOVED_TO_CHECK = (
-    "CHECK_LABELS",
-    "CHECK_REASONS",
-    "CheckReport",
-    "check_annotations",
-    "check_points_file",
-    "write_clean_annotations",
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_CHECK:
-        from pointllm.data import check
-
-        return getattr(check, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
