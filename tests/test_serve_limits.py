@@ -308,7 +308,7 @@ def test_a_non_streaming_client_that_hangs_up_cancels_its_job(servers):
     _, url = ready(servers, "narrow")
     cancelled = httpx.get(f"{url}/health").json()["batching"]["cancelled"]
     with pytest.raises(httpx.ReadTimeout):
-        post(url, chat([user("Tell me everything.")], max_tokens=450), timeout=0.5)
+        post(url, chat([user("Tell me everything.")], max_tokens=450), timeout=0.2)
     deadline = time.monotonic() + 20
     while httpx.get(f"{url}/health").json()["batching"]["cancelled"] == cancelled:
         assert time.monotonic() < deadline, "the abandoned job was not cancelled"
