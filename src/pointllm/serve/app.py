@@ -275,7 +275,8 @@ def _prompt_tokens(llm: PointLLM, history: list[dict[str, str]], with_points: bo
 
 
 def _finish_reason(answer: Answer, stopped: bool, max_new: int) -> str:
-    """ "stop" for a stop string or the end of the turn, "length" for a cut at max_tokens."""
+    """Why the answer ended: at a stop string or the end of the turn ("stop"), or at
+    max_tokens ("length")."""
     if stopped or answer.ended_by_eos:
         return "stop"
     return "length" if answer.completion_tokens >= max_new else "stop"
@@ -294,8 +295,8 @@ def _check_text_size(history: list[dict[str, str]], limit: int) -> None:
 
 
 class _ByteBudget:
-    """Bytes of point files being decoded at once, over all requests: a request waits for room
-    (first come, first served) up to `timeout` seconds, then gets 429."""
+    """Bytes of point files being decoded at once, over all requests: a request waits up to
+    `timeout` seconds for room, then gets 429."""
 
     def __init__(self, limit: int):
         self.limit = limit
