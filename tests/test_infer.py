@@ -4,21 +4,19 @@ the embedded SmolLM2."""
 
 from __future__ import annotations
 
-import sys
 import threading
-import types
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_model, tiny_point_config
-from torch import nn
 
 import pointllm
 from pointllm.data.conversation import point_block, tokenize_conversation
 from pointllm.data.io import load_point_cloud
 from pointllm.infer import api
+from pointllm.model import precision
 from pointllm.model.pointllm import PointLLMForCausalLM, save_pointllm
 
 NUM_POINTS = 256
@@ -305,11 +303,55 @@ def test_prepare_points_bad_file_names_it(llm, tmp_path):
 # ---- loading ---------------------------------------------------------------------------------
 
 
-def test_quantize_needs_cuda(tiny_checkpoint):
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
-        api.load(tiny_checkpoint, device="cpu", quantize="8bit")
+def test_quantize_needs_bitsandbytes_and_cuda(tiny_checkpoint, monkeypatch):
     with pytest.raises(ValueError, match="unknown quantize mode"):
         api.load(tiny_checkpoint, device="cpu", quantize="3bit")
+    monkeypatch.setattr(precision, "_has_bitsandbytes", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ValueError,
+        match=r"^4-bit needs bitsandbytes and a CUDA GPU; missing: the bitsandbytes package "
+        r"\(pip install bitsandbytes\) and a CUDA device$",
+    ):
+        api.load(tiny_checkpoint, device="cpu", quantize="4bit")
+    monkeypatch.setattr(precision, "_has_bitsandbytes", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(
+        ValueError, match="^8-bit needs bitsandbytes and a CUDA GPU; device is cpu$"
+    ):
+        api.load(tiny_checkpoint, device="cpu", quantize="8bit")
+
+
+def test_quantized_load_asks_for_the_training_quantization(tiny_checkpoint, monkeypatch):
+    """`quantize` loads through transformers' `from_pretrained` with the same BitsAndBytesConfig
+    as QLoRA training (bitsandbytes and CUDA are faked: the call is stopped before loading)."""
+    from pointllm.train.args import ModelArguments
+    from pointllm.train.lora import quantization_kwargs
+
+    monkeypatch.setattr(precision, "_has_bitsandbytes", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    seen = {}
+
+    def from_pretrained(path, **kwargs):
+        seen.update(kwargs, path=path)
+        raise RuntimeError("stopped before loading")
+
+    monkeypatch.setattr(PointLLMForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(RuntimeError, match="stopped before loading"):
+        api.load(tiny_checkpoint, device="cuda", quantize="4bit")
+    config = seen["quantization_config"]
+    assert seen["path"] == tiny_checkpoint and seen["device_map"] == {"": 0}
+    assert seen["dtype"] == torch.bfloat16 and config.load_in_4bit
+    assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert config.llm_int8_skip_modules == ["point_backbone", "point_proj", "lm_head"]
+    training = quantization_kwargs(ModelArguments(stage=2, lora_r=8, quantization="4bit"))
+    assert training["quantization_config"].to_dict() == config.to_dict()
+    seen.clear()
+    with pytest.raises(RuntimeError, match="stopped before loading"):
+        api.load(tiny_checkpoint, device="cuda", quantize="8bit")
+    assert seen["quantization_config"].load_in_8bit
+    assert seen["quantization_config"].llm_int8_skip_modules == config.llm_int8_skip_modules
 
 
 def test_load_rejects_what_is_not_a_checkpoint(tmp_path, embedded_dir):
@@ -346,40 +388,6 @@ def test_bf16_checkpoint_generates_in_bf16(tiny_checkpoint):
     assert llm.model.dtype == torch.bfloat16
     answer = llm.generate(cloud(300), "What is this?", max_new_tokens=4)
     assert isinstance(answer, str) and answer
-
-
-def test_quantize_language_model_swaps_llm_linears_only(base_tokenizer, monkeypatch):
-    """The bitsandbytes swap, with a stand-in module (bitsandbytes itself needs CUDA)."""
-
-    class FakeLinear(nn.Linear):
-        def __init__(self, in_features, out_features, bias=True, **kwargs):
-            super().__init__(in_features, out_features, bias=bias)
-
-    def fake_params(data, requires_grad=False, **kwargs):
-        return nn.Parameter(data, requires_grad=requires_grad)
-
-    fake_nn = types.SimpleNamespace(
-        Linear8bitLt=FakeLinear,
-        Linear4bit=FakeLinear,
-        Int8Params=fake_params,
-        Params4bit=fake_params,
-    )
-    monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(nn=fake_nn))
-    model, _ = make_tiny_model(base_tokenizer, arch="qwen2")
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    api.quantize_language_model(model, "4bit", torch.float32)
-    swapped = {n for n, m in model.named_modules() if type(m) is FakeLinear}
-    llm_linears = {
-        f"language_model.{n}"
-        for n, m in model.language_model.named_modules()
-        if isinstance(m, nn.Linear) and n != "lm_head"
-    }
-    assert swapped == llm_linears and swapped
-    assert type(model.language_model.lm_head) is nn.Linear
-    assert not any(type(m) is FakeLinear for m in model.point_backbone.modules())
-    assert not any(type(m) is FakeLinear for m in model.point_proj.modules())
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 # ---- the real embedded LLM -------------------------------------------------------------------

@@ -447,7 +447,7 @@ def test_qlora_without_cuda_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = ModelArguments(stage=2, lora_r=8, quantization="4bit")
-    with pytest.raises(ValueError, match=r"QLoRA needs a CUDA GPU \(bitsandbytes 4-bit\)"):
+    with pytest.raises(ValueError, match=r"QLoRA\): 4-bit needs bitsandbytes and a CUDA GPU"):
         quantization_kwargs(args)
 
 

@@ -15,17 +15,14 @@ shared by worker threads (the HTTP server does).
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -40,19 +37,11 @@ from pointllm.data.conversation import (
     tokenize_conversation,
     user_content_with_points,
 )
+from pointllm.model.precision import QUANTIZE_MODES  # noqa: F401 (re-exported)
 from pointllm.ops import normalize_point_cloud
 
 PointsInput = str | os.PathLike | np.ndarray | torch.Tensor
 DEFAULT_MAX_NEW_TOKENS = 256
-QUANTIZE_MODES = ("8bit", "4bit")
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 # Name used in PointCloudError messages for clouds passed as arrays rather than files.
 _ARRAY_NAME = "points array"
 
@@ -71,19 +60,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """`auto` -> bf16 on a CUDA device that supports it, else fp32. fp16 on CPU works but warns."""
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif dtype == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    elif dtype in _DTYPES:
-        resolved = _DTYPES[dtype]
-    else:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, fp32, bf16 or fp16")
-    if resolved == torch.float16 and device.type == "cpu":
-        warnings.warn("fp16 on CPU is slow (no fast kernels); prefer fp32 or bf16", stacklevel=3)
-    return resolved
+    """`auto` -> bf16 on a CUDA device that supports it, else fp32. fp16 on CPU works but warns.
+    (`pointllm.model.precision.resolve_dtype`, for a device.)"""
+    from pointllm.model.precision import resolve_dtype as resolve
+
+    return resolve(dtype, device)
 
 
 def load(
@@ -97,93 +78,37 @@ def load(
 
     device: auto | cpu | cuda | cuda:N. dtype: auto | fp32 | bf16 | fp16 (see `resolve_dtype`).
     quantize: None, "8bit" or "4bit": the language model's linear layers in bitsandbytes
-    (CUDA only); the point encoder, projector and output head keep `dtype`.
+    (CUDA only; `pointllm.model.precision.quantization_config`); the point encoder, projector and
+    output head keep `dtype`. An original-layout checkpoint needs `pointllm convert` first.
     """
-    from pointllm.model.pointllm import load_pointllm
+    from pointllm.model import checkpoint
+    from pointllm.model.backbones import parse_hub_id, progress, resolve_model_path
+    from pointllm.model.precision import check_quantization_supported, quantization_config
 
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
+    llm_kwargs = {}
     if quantize is not None:
-        if quantize not in QUANTIZE_MODES:
-            raise ValueError(f"unknown quantize mode {quantize!r}; use one of {QUANTIZE_MODES}")
+        check_quantization_supported(quantize)  # a known mode, bitsandbytes and CUDA are here
         if resolved_device.type != "cuda":
             raise ValueError(
-                f"quantize={quantize!r} needs a CUDA GPU (bitsandbytes); device is {resolved_device}"
+                f"{quantize[0]}-bit needs bitsandbytes and a CUDA GPU; device is {resolved_device}"
             )
-    from pointllm.model.backbones import parse_hub_id, progress, resolve_model_path
-
+        # The same path as QLoRA training: transformers loads the LLM quantized.
+        llm_kwargs = {
+            "quantization_config": quantization_config(quantize, resolved_dtype),
+            "device_map": {"": resolved_device.index or 0},
+        }
     path = resolve_model_path(model_path)  # a directory, or `org/name[@revision]` on the Hub
-    _check_checkpoint_dir(path)
+    checkpoint.require_model(path)  # fail early, naming the path
     is_local = Path(model_path).expanduser().exists() or parse_hub_id(str(model_path)) is None
     progress.info("loading %s on %s (%s)", path, resolved_device, str(resolved_dtype)[6:])
-    if quantize is None:
-        model, tokenizer = load_pointllm(path, dtype=resolved_dtype, device=resolved_device)
-    else:
-        model, tokenizer = load_pointllm(path, dtype=resolved_dtype)
-        quantize_language_model(model, quantize, resolved_dtype)
-        model.to(resolved_device)  # bitsandbytes quantizes the weights as they move to the GPU
+    model, tokenizer = checkpoint.load(
+        path, dtype=resolved_dtype, device=resolved_device, **llm_kwargs
+    )
     return PointLLM(
         model, tokenizer, model_name=path.resolve().name if is_local else str(model_path)
     )
-
-
-def _check_checkpoint_dir(path: Path) -> None:
-    """Fail early, naming the path, when it is not a PointLLM checkpoint directory."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint directory")
-    from pointllm.model.pointllm import LORA_ADAPTER_INFO
-
-    if (path / LORA_ADAPTER_INFO).is_file():
-        return  # a LoRA run's output: load_pointllm rebuilds it on its recorded base
-    config_file = path / "config.json"
-    if not path.is_dir() or not config_file.is_file():
-        raise FileNotFoundError(f"{path}: not a PointLLM checkpoint directory (no config.json)")
-    try:
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ValueError(f"{config_file}: unreadable config.json ({exc})") from exc
-    if model_type != "pointllm":
-        raise ValueError(
-            f"{path}: not a PointLLM checkpoint (config.json has model_type {model_type!r})"
-        )
-
-
-def quantize_language_model(model: PreTrainedModel, mode: str, compute_dtype: torch.dtype) -> None:
-    """Swap the language model's `nn.Linear` layers (all but the output head) for bitsandbytes
-    8-bit or 4-bit (NF4) layers holding the same weights; they quantize on `.to("cuda")`."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:
-        raise ValueError(
-            f"quantize={mode!r} needs the bitsandbytes package: pip install bitsandbytes"
-        ) from exc
-    llm = model.language_model
-    head = llm.get_output_embeddings()
-    targets = [
-        (name, module)
-        for name, module in llm.named_modules()
-        if type(module) is nn.Linear and module is not head
-    ]
-    for name, linear in targets:
-        weight = linear.weight.data.to(compute_dtype)
-        has_bias = linear.bias is not None
-        if mode == "8bit":
-            layer = bnb.nn.Linear8bitLt(
-                linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False
-            )
-            layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-        else:
-            layer = bnb.nn.Linear4bit(
-                linear.in_features,
-                linear.out_features,
-                bias=has_bias,
-                compute_dtype=compute_dtype,
-                quant_type="nf4",
-            )
-            layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
-        if has_bias:
-            layer.bias = nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
-        llm.set_submodule(name, layer)
 
 
 class _StopEvent(StoppingCriteria):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 def _convert(args: argparse.Namespace) -> int:
     """Check the target, then convert in the direction asked."""
-    from pointllm.model import legacy
+    from pointllm.model import checkpoint, legacy
     from pointllm.model.backbones import resolve_model_path
 
     source, target = resolve_model_path(args.source), Path(args.target)
-    if not (source / "config.json").is_file():
+    if checkpoint.config_kind(source) is checkpoint.Kind.UNKNOWN:
         raise FileNotFoundError(f"{source}: not a checkpoint directory (no config.json)")
     if target.resolve() == source.resolve():
         raise ValueError(f"{target}: the target must differ from the source")

@@ -4,9 +4,10 @@ Their layout: a flat Llama `config.json` with `model_type: "pointllm"` and the p
 next to the Llama fields; weights under the original names (`model.embed_tokens`,
 `model.layers.*`, `model.norm`, `lm_head`, `model.point_backbone.*`, `model.point_proj.*`) in
 `.bin` or safetensors files, single or sharded; a LLaMA tokenizer holding `<point_patch>`,
-`<point_start>`, `<point_end>`. This module recognises the layout, maps weight names both ways,
-reads it into a `PointLLMForCausalLM` (without building a randomly initialised LLM first) and
-writes a model back in it. docs/checkpoint_mapping.md gives the reason for each mapping.
+`<point_start>`, `<point_end>`. `pointllm.model.checkpoint` recognises the layout and finds
+the weight files; this module maps weight names both ways, reads them into a
+`PointLLMForCausalLM` (without building a randomly initialised LLM first) and writes a model
+back in it. docs/checkpoint_mapping.md gives the reason for each mapping.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,25 @@ from pointllm.config import (
     PointLLMConfig,
 )
 from pointllm.data.tokenizers import follow_original_llama_rules, reapply_original_llama_rules
+from pointllm.model import checkpoint
+from pointllm.model.checkpoint import ORIGINAL_POINT_PREFIXES as _POINT_PREFIXES
+from pointllm.model.checkpoint import (
+    WEIGHT_LAYOUTS,
+    CheckpointError,
+    Kind,
+    WeightFiles,
+    read_config_dict,
+)
 from pointllm.model.pointllm import PointLLMForCausalLM
+from pointllm.model.precision import resolve_dtype
 
 ORIGINAL_ARCHITECTURE = "PointLLMLlamaForCausalLM"
-# (index file, single file, format), in the order transformers prefers them.
-WEIGHT_LAYOUTS = (
-    ("model.safetensors.index.json", "model.safetensors", "safetensors"),
-    ("pytorch_model.bin.index.json", "pytorch_model.bin", "bin"),
-)
 WEIGHT_FORMATS = ("bin", "safetensors")
 # transformers 4.28 saved every layer's rotary inverse frequencies; transformers 5 recomputes them
 # from the config (a non-persistent buffer), so they are not weights to load.
 _DERIVED_KEY = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 # v1.1's projector is one nn.Linear named `point_proj`; ours is a Sequential whose index 0 it is.
 _SINGLE_LINEAR_PROJ_KEY = re.compile(r"^model\.point_proj\.(weight|bias)$")
-_POINT_PREFIXES = ("model.point_backbone.", "model.point_proj.")
 # Options of `from_pretrained` that mean nothing for a local original checkpoint (hub access,
 # loading strategy): accepted and ignored. `config` is what AutoModel passes; the flat config is
 # always re-read from the directory because a v1.1 one may need the weights to be interpreted.
@@ -70,135 +74,27 @@ _IGNORED_LOAD_KWARGS = (
 )
 
 
-class OriginalCheckpointError(ValueError):
+class OriginalCheckpointError(CheckpointError):
     """An original PointLLM checkpoint that cannot be read or written as asked."""
 
 
 # ---- recognising the layout ------------------------------------------------------------------
 
 
-def read_config_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed `config.json` of a checkpoint directory."""
-    file = Path(path) / "config.json"
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{path}: not a checkpoint directory (no config.json)") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OriginalCheckpointError(f"{file}: unreadable config.json ({exc})") from exc
-    if not isinstance(data, dict):
-        raise OriginalCheckpointError(f"{file}: config.json is not a JSON object")
-    return data
-
-
 def is_original_checkpoint(path: str | os.PathLike) -> bool:
-    """True for a directory whose config.json is an original PointLLM one: model_type `pointllm`
-    with the Llama fields flat at the top level (ours nests them under `text_config`)."""
-    if not (Path(path) / "config.json").is_file():
-        return False
+    """True for a directory whose config.json is an original PointLLM one (an init folder too):
+    model_type `pointllm` with the Llama fields flat at the top level (ours nests them under
+    `text_config`). An unreadable config.json is not one."""
     try:
-        data = read_config_dict(path)
-    except OriginalCheckpointError:
+        return checkpoint.config_kind(path) is Kind.ORIGINAL
+    except CheckpointError:
         return False
-    return data.get("model_type") == "pointllm" and "text_config" not in data
 
 
 def is_init_folder(path: str | os.PathLike) -> bool:
     """True for an original stage-1 starting point (`PointLLM_7B_v1.1_init`, ...): an original
     config with LLM weights but no point encoder or projector weights."""
-    if not is_original_checkpoint(path):
-        return False
-    return not any(key.startswith(_POINT_PREFIXES) for key in WeightFiles.find(path).key_to_file)
-
-
-# ---- weight files ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WeightFiles:
-    """The tensors of a checkpoint directory: each original key and the file that holds it."""
-
-    directory: Path
-    format: str  # "safetensors" | "bin"
-    key_to_file: dict[str, Path]
-
-    @classmethod
-    def find(cls, path: str | os.PathLike) -> WeightFiles:
-        """Locate the weights: a sharded index or a single file, safetensors before `.bin`."""
-        directory = Path(path)
-        for index_name, single_name, fmt in WEIGHT_LAYOUTS:
-            index = directory / index_name
-            if index.is_file():
-                return cls(directory, fmt, _read_index(index))
-            single = directory / single_name
-            if single.is_file():
-                keys = _read_keys(single, fmt)
-                return cls(directory, fmt, dict.fromkeys(keys, single))
-        names = ", ".join(name for layout in WEIGHT_LAYOUTS for name in layout[:2])
-        raise FileNotFoundError(f"{directory}: no weights found (looked for {names})")
-
-    def files(self) -> list[Path]:
-        """The weight files in order, each once."""
-        return list(dict.fromkeys(self.key_to_file.values()))
-
-    def read(self, file: Path) -> dict[str, torch.Tensor]:
-        """All tensors of one file, on the CPU."""
-        if self.format == "safetensors":
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(file), framework="pt", device="cpu") as handle:
-                    return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-            except Exception as exc:  # safetensors raises its own error types for bad files
-                raise OriginalCheckpointError(
-                    f"{file}: unreadable safetensors file ({exc})"
-                ) from exc
-        return _load_bin(file)
-
-
-def _read_index(index: Path) -> dict[str, Path]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise OriginalCheckpointError(f"{index}: not a weight index ({exc!r})") from exc
-    files = {name: index.parent / name for name in set(weight_map.values())}
-    absent = sorted(name for name, file in files.items() if not file.is_file())
-    if absent:
-        raise FileNotFoundError(f"{index}: shard files missing: {absent}")
-    return {key: files[name] for key, name in weight_map.items()}
-
-
-def _read_keys(file: Path, fmt: str) -> list[str]:
-    if fmt == "safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                return list(handle.keys())
-        except Exception as exc:  # safetensors raises its own error types for bad files
-            raise OriginalCheckpointError(f"{file}: unreadable safetensors file ({exc})") from exc
-    # Memory-mapped (see _load_bin), so listing a multi-GB file reads almost nothing.
-    return list(_load_bin(file))
-
-
-def _load_bin(file: Path) -> dict[str, torch.Tensor]:
-    """A `.bin` state dict read with weights_only=True (tensors only, no code runs); memory-mapped
-    when the file is in the zip format torch has written since 1.6."""
-    errors = []
-    for mmap in (True, False):
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
-            break
-        except Exception as exc:  # torch raises several types for unreadable or unsafe files
-            errors.append(exc)
-    else:
-        first_line = str(errors[-1]).splitlines()[0] if str(errors[-1]) else ""
-        raise OriginalCheckpointError(
-            f"{file}: cannot read weights ({errors[-1].__class__.__name__}: {first_line})"
-        )
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise OriginalCheckpointError(f"{file}: not a state dict of named tensors")
-    return state
+    return is_original_checkpoint(path) and not checkpoint.has_original_point_weights(path)
 
 
 # ---- key mapping -----------------------------------------------------------------------------
@@ -319,18 +215,6 @@ def record_point_token_ids(
         config.point_start_token_id, config.point_end_token_id = ids[1], ids[2]
 
 
-def _resolve_dtype(dtype: torch.dtype | str | None, config: PointLLMConfig) -> torch.dtype:
-    """`None`/`"auto"` -> the dtype config.json names (float32 when it names none)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = config.dtype if dtype in (None, "auto") else dtype
-    name = str(name or "float32").removeprefix("torch.")
-    resolved = getattr(torch, name, None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise OriginalCheckpointError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-    return resolved
-
-
 def _empty_model(config: PointLLMConfig) -> PointLLMForCausalLM:
     """The composite with the language model's parameters on the meta device: no memory and no
     random init for weights that are about to be replaced. Buffers stay real, so the rotary
@@ -412,7 +296,8 @@ def load_original(
     config = original_config(path, weights)
     tokenizer = load_original_tokenizer(path)
     record_point_token_ids(tokenizer, config, path)
-    model = _load_weights(config, weights, _resolve_dtype(dtype, config), device, True)
+    dtype = resolve_dtype(dtype, auto=config.dtype or torch.float32)
+    model = _load_weights(config, weights, dtype, device, True)
     if model.point_boundary_embeds is not None:
         # Our learned <point_start>/<point_end> inputs are the original's embedding rows.
         embeds = model.language_model.get_input_embeddings().weight
@@ -492,7 +377,7 @@ def load_init_folder(
     encoder_file = Path(point_bert_ckpt) if point_bert_ckpt else None
     encoder_file = encoder_file or find_point_bert_checkpoint(path, config)
     tokenizer = load_original_tokenizer(path)
-    dtype = torch.float32 if dtype in (None, "auto") else _resolve_dtype(dtype, config)
+    dtype = resolve_dtype(dtype, auto=torch.float32)
     model = _load_weights(config, weights, dtype, None, False)
     model.point_backbone.load_original_checkpoint(encoder_file)
     # The original projector is initialised by the Llama init of the composite (its Linear
@@ -677,8 +562,6 @@ def convert_to_native(
     max_shard_size: str = "5GB",
 ) -> PointLLMForCausalLM:
     """Original checkpoint -> our self-describing layout (safetensors). Returns the model."""
-    from pointllm.model.pointllm import save_pointllm
-
     if not is_original_checkpoint(source):
         raise OriginalCheckpointError(f"{source}: not an original PointLLM checkpoint")
     if is_init_folder(source):
@@ -687,7 +570,7 @@ def convert_to_native(
             "stage 1 from it instead (pointllm train)"
         )
     model, tokenizer = load_original(source, dtype=dtype)
-    save_pointllm(model, tokenizer, target, max_shard_size=max_shard_size)
+    checkpoint.save(model, tokenizer, target, max_shard_size=max_shard_size)
     return model
 
 
@@ -700,11 +583,9 @@ def convert_to_original(
     max_shard_size: str = "10GB",
 ) -> PointLLMForCausalLM:
     """Our checkpoint -> the original layout, for people still on the original code."""
-    from pointllm.model.pointllm import load_pointllm
-
     if is_original_checkpoint(source):
         raise OriginalCheckpointError(f"{source}: already in the original PointLLM layout")
-    model, tokenizer = load_pointllm(source, dtype=dtype)
+    model, tokenizer = checkpoint.load(source, dtype=dtype)
     save_original(
         model, tokenizer, target, weight_format=weight_format, max_shard_size=max_shard_size
     )

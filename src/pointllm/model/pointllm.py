@@ -31,11 +31,12 @@ from pointllm.config import (
     PointBertConfig,
     PointLLMConfig,
 )
+from pointllm.model import checkpoint
+from pointllm.model.checkpoint import ADAPTER_INFO_FILE as LORA_ADAPTER_INFO  # noqa: F401
+from pointllm.model.checkpoint import load as load_pointllm  # noqa: F401 (re-exported)
+from pointllm.model.checkpoint import save as save_pointllm  # noqa: F401 (re-exported)
 from pointllm.model.encoder import PointBertEncoder
 from pointllm.model.projector import PointProjector
-
-# Marks a LoRA run's output directory (adapter weights + the base they apply to).
-LORA_ADAPTER_INFO = "pointllm_adapter.json"
 
 
 class PointLLMPreTrainedModel(PreTrainedModel):
@@ -87,11 +88,12 @@ class PointLLMForCausalLM(PointLLMPreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a checkpoint of ours, or an original PointLLM one (flat Llama config.json, original
         weight names), which `pointllm.model.legacy` reads."""
-        from pointllm.model import legacy
-
-        if pretrained_model_name_or_path is not None and legacy.is_original_checkpoint(
-            pretrained_model_name_or_path
+        if (
+            pretrained_model_name_or_path is not None
+            and checkpoint.config_kind(pretrained_model_name_or_path) is checkpoint.Kind.ORIGINAL
         ):
+            from pointllm.model import legacy
+
             return legacy.from_pretrained_original(pretrained_model_name_or_path, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
@@ -348,52 +350,3 @@ def register_auto_classes() -> None:
 
 
 register_auto_classes()
-
-
-def save_pointllm(
-    model: PointLLMForCausalLM,
-    tokenizer: PreTrainedTokenizerBase,
-    out_dir: str | os.PathLike,
-    *,
-    max_shard_size: str = "5GB",
-) -> None:
-    """Write a self-describing checkpoint (config, safetensors weights, tokenizer) atomically:
-    everything goes to a temporary sibling directory that replaces `out_dir` at the end."""
-    from pointllm.atomic import replace_directory
-
-    with replace_directory(out_dir) as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(tmp)
-
-
-def load_pointllm(
-    path: str | os.PathLike,
-    *,
-    dtype: torch.dtype | str | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[PointLLMForCausalLM, PreTrainedTokenizerBase]:
-    """Load a checkpoint written by `save_pointllm`, or an original PointLLM one (model in eval
-    mode, and its tokenizer)."""
-    from pathlib import Path
-
-    from pointllm.model import legacy
-
-    if (Path(path) / LORA_ADAPTER_INFO).is_file():
-        from pointllm.train.lora import load_lora_adapter
-
-        model, tokenizer = load_lora_adapter(path, dtype=dtype)
-        if device is not None:
-            model.to(device)
-        return model.eval(), tokenizer
-    if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a PointLLM checkpoint directory (no config.json)")
-    if legacy.is_original_checkpoint(path):
-        model, tokenizer = legacy.load_original(path, dtype=dtype, device=device)
-        return model.eval(), tokenizer
-    model = PointLLMForCausalLM.from_pretrained(path, dtype=dtype or "auto")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if device is not None:
-        model.to(device)
-    return model.eval(), tokenizer

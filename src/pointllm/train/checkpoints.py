@@ -22,17 +22,15 @@ import tempfile
 from pathlib import Path
 
 from pointllm.atomic import write_json
+from pointllm.model.checkpoint import COMPLETE_MARKER, LOADABLE_MARKERS
 
 logger = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "checkpoint_complete.json"
 # Exit status of `pointllm train --resume` when checkpoints exist but none is intact (EX_DATAERR):
 # resubmitting would fail the same way; a person has to look.
 NO_INTACT_CHECKPOINT_EXIT_CODE = 65
 _HASHED_BYTES = 2**20  # from each end of a file
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Files whose presence makes a directory loadable; they are removed first and written last.
-LOADABLE_MARKERS = ("config.json", "pointllm_adapter.json")
 
 
 def checkpoint_dirs(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback, set_seed
 
 from pointllm.atomic import write_json
+from pointllm.model.checkpoint import TRAINING_CONFIG_FILE
 from pointllm.train.args import (
     ArgumentError,
     DataArguments,
@@ -32,7 +33,6 @@ from pointllm.train.trainer import GracefulStop, PointLLMTrainer, peak_memory_gb
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
-TRAINING_CONFIG_FILE = "training_config.json"
 _FINAL_STAGING = ".staging-final"
 
 

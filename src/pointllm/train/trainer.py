@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from pointllm.model.adapters import is_lora_model, load_lora_weights, save_lora_adapter
 from pointllm.train.checkpoints import mark_complete, prune_checkpoints
-from pointllm.train.lora import is_lora_model, load_lora_weights, save_lora_adapter
 
 logger = logging.getLogger(__name__)
 
