@@ -52,7 +52,7 @@ def installed_torch() -> tuple[str, str | None] | None:
     return version, (cuda or None)
 
 
-def pip_install_command(version: str, build: str, index: str | None) -> tuple[list[str], str]:
+def pip_install_command(version: str, index: str | None) -> tuple[list[str], str]:
     """The pip command for torch==`version`, and a one-line note on where it comes from."""
     cmd = [sys.executable, "-m", "pip", "install", "-q", f"torch=={version}"]
     if index is None:
@@ -61,10 +61,7 @@ def pip_install_command(version: str, build: str, index: str | None) -> tuple[li
         # An extra index, so pip's own index still serves torch's dependencies; the local build
         # tag (+cpu, +cu128) ranks above the untagged release, so the index's build wins.
         return cmd + ["--extra-index-url", index], f"torch from {index}"
-    note = f"{index} is not reachable; torch from the default package index instead"
-    if build == "cpu":
-        note += " (on Linux a CUDA build: it runs on this CPU, only larger)"
-    return cmd, note
+    return cmd, f"{index} is not reachable; torch from the default package index instead"
 
 
 def install(version: str, build: str) -> int:
@@ -73,7 +70,7 @@ def install(version: str, build: str) -> int:
         print(f"check-torch: torch {current[0]} is already installed")
         return 0
     index = os.environ.get("TORCH_INDEX") or (CPU_INDEX if build == "cpu" else None)
-    cmd, note = pip_install_command(version, build, index)
+    cmd, note = pip_install_command(version, index)
     print(f"check-torch: {note}", flush=True)
     return subprocess.run(cmd).returncode
 
