@@ -118,7 +118,10 @@ def test_a_missing_id_offline_is_one_line_saying_what_to_do(hub_cache, capsys):
 
 def test_an_unknown_revision_of_a_cached_id_is_reported(ours, hub_cache):
     lay_out_hub_cache(hub_cache, "org/tiny-pointllm", ours)
-    with pytest.raises(FileNotFoundError, match="org/tiny-pointllm@v9: not in the Hugging Face"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="org/tiny-pointllm@v9: no such directory, and not in the Hugging Face",
+    ):
         resolve_model_path("org/tiny-pointllm@v9")
 
 

@@ -121,9 +121,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
         raise FileNotFoundError(
-            f"{name_or_path}: not in the Hugging Face cache {_hub_cache()} and {why}; download it "
-            f"once where the Hub is reachable (`hf download {repo_id}`) into this cache "
-            "(or point HF_HOME at a copy of one), or pass a local directory"
+            f"{name_or_path}: no such directory, and not in the Hugging Face cache {_hub_cache()} "
+            f"and {why}; download it once where the Hub is reachable (`hf download {repo_id}`) "
+            "into this cache (or point HF_HOME at a copy of one), or pass a local directory"
         ) from None
     except HfHubHTTPError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
