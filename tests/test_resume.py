@@ -160,3 +160,29 @@ def test_a_kill_while_pruning_never_leaves_a_marked_partial_checkpoint(tmp_path,
     assert not (run / "checkpoint-1" / COMPLETE_MARKER).exists()
     assert "did not finish" in verify_checkpoint(run / "checkpoint-1")
     assert latest_complete_checkpoint(run) == run / "checkpoint-3"
+
+
+def test_save_total_limit_prunes_only_after_marking(assets, tmp_path, monkeypatch):
+    """`--save_total_limit` is applied by our pruning (after the new checkpoint is marked), never
+    by the Trainer's own rotation, and the run's recorded arguments still carry the limit."""
+    import transformers.trainer as hf_trainer
+
+    limits = []
+    rotate = getattr(hf_trainer, "rotate_checkpoints", None)
+
+    def recording_rotate(**kwargs):
+        limits.append(kwargs.get("save_total_limit"))
+        return rotate(**kwargs)
+
+    monkeypatch.setattr(hf_trainer, "rotate_checkpoints", recording_rotate, raising=False)
+    out = tmp_path / "run"
+    argv = test_train.train_argv(
+        assets, out, "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "2"
+    )
+    test_train.run_train([*argv, "--max_steps", "3"])
+    kept = sorted(out.glob("checkpoint-*"))
+    assert [p.name for p in kept] == ["checkpoint-2", "checkpoint-3"]
+    assert all(verify_checkpoint(p) is None for p in kept)
+    assert not [limit for limit in limits if limit], limits
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["training_args"]["save_total_limit"] == 2

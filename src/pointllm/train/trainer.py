@@ -84,6 +84,27 @@ class GracefulStop(TrainerCallback):
         return control
 
 
+class CheckpointMarker(TrainerCallback):
+    """After every checkpoint save: mark it complete (once every rank wrote its part), then prune
+    old ones, so a crash never leaves no usable checkpoint. `keep` is the run's
+    `save_total_limit`; `PointLLMTrainer.train` keeps the Trainer's own rotation off, since it
+    would delete old checkpoints before the new one is marked."""
+
+    def __init__(self, keep: int | None) -> None:
+        self.keep = keep
+
+    def on_save(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+        if args.should_save:
+            run_dir = Path(args.output_dir)
+            mark_complete(run_dir / f"checkpoint-{state.global_step}", state.global_step)
+            best = state.best_model_checkpoint
+            prune_checkpoints(run_dir, self.keep, Path(best) if best else None)
+        return control
+
+
 class PointLLMTrainer(Trainer):
     """`Trainer` with throughput logging, completion-marked checkpoints and LoRA adapter saves.
 
@@ -94,6 +115,16 @@ class PointLLMTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.base_model = base_model
         self._last_log: tuple[float, int, int] | None = None
+        self.add_callback(CheckpointMarker(self.args.save_total_limit))
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, with the Trainer's checkpoint rotation off: `CheckpointMarker` prunes
+        after marking instead (the limit is restored afterwards, so the arguments record it)."""
+        keep, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.args.save_total_limit = keep
 
     # ---- logging ------------------------------------------------------------------------------
 
@@ -129,22 +160,12 @@ class PointLLMTrainer(Trainer):
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def _save_checkpoint(self, model, trial) -> None:
-        """Save as the Trainer does, then mark the checkpoint complete (after every rank wrote its
-        part) and only then prune old ones, so a crash never leaves no usable checkpoint."""
-        keep = self.args.save_total_limit
-        self.args.save_total_limit = None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = keep
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            run_dir = Path(self._get_output_dir(trial=trial))
-            step = self.state.global_step
-            mark_complete(run_dir / f"checkpoint-{step}", step)
-            best = self.state.best_model_checkpoint
-            prune_checkpoints(run_dir, keep, Path(best) if best else None)
+    # The two methods below stay private overrides on purpose. The Trainer handles a PeftModel only
+    # when it is the model itself; ours sits inside the composite (the point modules train in full
+    # beside it), so its own save would write the whole frozen LLM and its resume would look for
+    # full weights. `_save` is where the Trainer hands over the state dict it gathered (FSDP full
+    # state dict, DeepSpeed ZeRO-3 16-bit); overriding the public `save_model` instead would mean
+    # re-implementing those gathers. Resuming has no public hook for loading model weights.
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """LoRA runs save the adapter format (small, and never mistaken for a full model)."""
