@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 import check_lock  # noqa: E402
 import check_torch  # noqa: E402
+import freeze_lock  # noqa: E402
 
 # What an installed pointllm must do from an empty directory: recipes resolve by name, and the
 # JSON a recipe names resolves next to it.
@@ -112,6 +113,33 @@ def test_the_lock_check_covers_exactly_the_claimed_pythons():
     assert not [line for line in lock if line.startswith(("fpsample", "pykdtree"))]
     assert any(line.startswith("numba==") for line in lock)
     assert "numba>=0.60" in pyproject["project"]["dependencies"]
+
+
+class _Dist:
+    def __init__(self, name: str, version: str, requires: list[str]):
+        self.metadata, self.version, self.requires = {"Name": name}, version, requires
+
+
+def test_the_lock_is_the_dependency_closure_without_build_specific_torch_deps(monkeypatch):
+    dists = {
+        "pointllm": _Dist("pointllm", "0.1.0", ["torch>=2.12", 'pointllm[io]; extra == "all"',
+                                                'trimesh>=4; extra == "io"',
+                                                'ruff; extra == "dev"']),
+        "torch": _Dist("torch", "2.13.0+cu130", ["filelock", "nvidia-cudnn-cu13==9.20",
+                                                 "cuda-bindings<14", "triton==3.7.1"]),
+        "filelock": _Dist("filelock", "4.3.1", []),
+        "trimesh": _Dist("trimesh", "5.2.0", ["numpy"]),
+        "numpy": _Dist("numpy", "2.4.6", []),
+    }  # fmt: skip
+    monkeypatch.setattr(freeze_lock, "distribution", lambda name: dists[name.lower()])
+    pins = freeze_lock.closure()
+    assert pins == {
+        "pointllm": "0.1.0",
+        "torch": "2.13.0+cu130",
+        "filelock": "4.3.1",
+        "trimesh": "5.2.0",
+        "numpy": "2.4.6",
+    }  # ruff (dev extra, not asked for via io) and torch's CUDA-only packages stay out
 
 
 # ---- recipes ------------------------------------------------------------------------------
