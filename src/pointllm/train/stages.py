@@ -7,7 +7,6 @@ embeddings learn. Stage 2 instruction-tunes: the LLM learns too. The point encod
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,11 @@ from pathlib import Path
 import torch
 
 from pointllm.config import PROJECTOR_PRESETS, PointBertConfig
+from pointllm.model import checkpoint
+from pointllm.model.checkpoint import Kind
 from pointllm.model.encoder import read_checkpoint_config
-from pointllm.model.pointllm import PointLLMForCausalLM, load_pointllm
+from pointllm.model.pointllm import PointLLMForCausalLM
+from pointllm.model.precision import resolve_dtype
 from pointllm.train.args import ArgumentError, DataArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
@@ -60,17 +62,7 @@ def trainable_parameter_names(model: torch.nn.Module) -> list[str]:
 
 def is_pointllm_checkpoint(path: str | Path) -> bool:
     """A directory whose config.json says `model_type: pointllm` (ours or the original's)."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("model_type") == "pointllm"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def _torch_dtype(name: str) -> torch.dtype | str:
-    return name if name == "auto" else getattr(torch, name)
+    return checkpoint.config_kind(path) in (Kind.POINTLLM, Kind.ORIGINAL)
 
 
 def build_model(
@@ -83,22 +75,23 @@ def build_model(
     from pointllm.model.backbones import resolve_backbone
 
     source = resolve_backbone(model_args.model_name_or_path)
-    dtype = _torch_dtype(model_args.dtype)
-    if legacy.is_init_folder(source):
+    kind = checkpoint.detect(source)
+    dtype = "auto" if model_args.dtype == "auto" else resolve_dtype(model_args.dtype)
+    if kind is Kind.ORIGINAL_INIT:
         # An original `*_v1.x_init` folder: its LLM plus the Point-BERT checkpoint it names (or
         # --point_backbone_ckpt), ready for stage 1 as the original recipe starts it.
         model, tokenizer = legacy.load_init_folder(
             source, point_bert_ckpt=model_args.point_backbone_ckpt, dtype=dtype
         )
-    elif is_pointllm_checkpoint(source):
+    elif kind in checkpoint.POINTLLM_KINDS:
         model, tokenizer = _continue_from_checkpoint(
             source, model_args, data_args, dtype, llm_kwargs
         )
     else:
         model, tokenizer = _new_model(source, model_args, data_args, dtype, llm_kwargs)
-    if model_args.point_backbone_ckpt and not legacy.is_init_folder(source):
+    if model_args.point_backbone_ckpt and kind is not Kind.ORIGINAL_INIT:
         model.point_backbone.load_original_checkpoint(model_args.point_backbone_ckpt)
-    elif not is_pointllm_checkpoint(source):
+    elif kind not in checkpoint.POINTLLM_KINDS:
         logger.warning(
             "no --point_backbone_ckpt: the point encoder keeps its random initialisation"
         )
@@ -154,13 +147,7 @@ def _continue_from_checkpoint(source, model_args, data_args, dtype, llm_kwargs):
             f"{source} is a PointLLM checkpoint: its encoder and projector sizes are fixed; drop "
             f"--point_backbone/--projector_hidden_dims/{'/'.join('--' + k for k in fixed) or '...'}"
         )
-    if llm_kwargs:
-        from transformers import AutoTokenizer
-
-        model = PointLLMForCausalLM.from_pretrained(source, dtype=dtype, **llm_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    else:
-        model, tokenizer = load_pointllm(source, dtype=dtype)
+    model, tokenizer = checkpoint.load(source, dtype=dtype, **(llm_kwargs or {}))
     if data_args.use_color is not None and data_args.use_color != model.config.use_color:
         raise ArgumentError(
             f"--use_color {data_args.use_color} but the checkpoint {source} was built with "
