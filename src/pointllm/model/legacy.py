@@ -35,14 +35,15 @@ from pointllm.config import (
 )
 from pointllm.data.tokenizers import follow_original_llama_rules, reapply_original_llama_rules
 from pointllm.model import checkpoint
-from pointllm.model.checkpoint import ORIGINAL_POINT_PREFIXES as _POINT_PREFIXES
 from pointllm.model.checkpoint import (
+    CONFIG_FILE,
     WEIGHT_LAYOUTS,
     CheckpointError,
     Kind,
     WeightFiles,
     read_config_dict,
 )
+from pointllm.model.checkpoint import ORIGINAL_POINT_PREFIXES as _POINT_PREFIXES
 from pointllm.model.pointllm import PointLLMForCausalLM
 from pointllm.model.precision import resolve_dtype
 
@@ -547,7 +548,7 @@ def save_original(
             index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
             (tmp / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         config = original_config_dict(model.config, dtype)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp)
 
 
