@@ -15,7 +15,10 @@ SUMMARY_KEYS = {
     "num_categories",
     "num_eval_objects",
     "caption_metrics",
+    "precision",
+    "precision_reason",
     "phases",
+    "phase_cpu_seconds",
     "total_seconds",
     "model_dir",
 }
@@ -99,6 +102,60 @@ def test_an_edited_recipe_reruns_its_stage_and_later_phases(tmp_path, fake_phase
         recipe.write("learning_rate: 1.0e-4\n")
     demo.run_demo(out, quick=True, progress=False)
     assert fake_phases == ["stage2", "eval", "chat"]
+
+
+def test_summary_records_the_precision_and_cpu_time_per_phase(tmp_path, fake_phases, capsys):
+    summary = demo.run_demo(tmp_path, quick=True, progress=False, precision="fp32")
+    assert summary["precision"] == "fp32"
+    assert summary["precision_reason"] == "fp32 asked for"
+    assert set(summary["phase_cpu_seconds"]) == set(demo.PHASES)
+    assert all(seconds >= 0 for seconds in summary["phase_cpu_seconds"].values())
+    printed = capsys.readouterr().out
+    assert printed.startswith("Precision: fp32 (fp32 asked for)")
+    assert "CPU time" in printed
+
+    # Another precision retrains: every phase from stage 0 on runs again.
+    fake_phases.clear()
+    summary = demo.run_demo(tmp_path, quick=True, progress=False, precision="bf16")
+    assert fake_phases == ["stage0", "stage1", "stage2", "eval", "chat"]
+    assert summary["precision"] == "bf16"
+
+
+def test_the_precision_comes_from_the_environment_unless_given(tmp_path, fake_phases, monkeypatch):
+    monkeypatch.setenv(demo.PRECISION_ENV, "bf16")
+    assert demo.run_demo(tmp_path, quick=True, progress=False)["precision"] == "bf16"
+    assert demo.run_demo(tmp_path, quick=True, progress=False, precision="fp32")["precision"] == (
+        "fp32"
+    )
+    monkeypatch.setenv(demo.PRECISION_ENV, "fp16")
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("cuda", "amx", "isa", "mode", "why"),
+    [
+        (False, True, None, "bf16", "AMX tiles"),
+        (False, True, "AVX2", "fp32", "ONEDNN_MAX_CPU_ISA=AVX2"),
+        (False, True, "avx512_core_amx", "bf16", "AMX tiles"),
+        (False, False, None, "fp32", "no AMX"),
+        (True, False, None, "bf16", "CUDA GPU with bf16"),
+    ],
+)
+def test_auto_precision_is_bf16_only_where_it_is_fast(monkeypatch, cuda, amx, isa, mode, why):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    if isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    chosen = demo.choose_precision("auto")
+    assert chosen.mode == mode and why in chosen.reason
+    assert demo.choose_precision("fp32").mode == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        demo.choose_precision("fp16")
 
 
 def test_a_failing_phase_leaves_no_record(tmp_path, fake_phases, monkeypatch):

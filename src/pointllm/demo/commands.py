@@ -6,9 +6,15 @@ import argparse
 
 
 def _handle(args: argparse.Namespace) -> int:
-    from pointllm.demo.run import run_demo
+    import os
 
-    run_demo(args.out, quick=args.quick, fresh=args.fresh)
+    from pointllm.demo.run import PRECISION_ENV, PRECISIONS, run_demo
+
+    precision = args.precision or os.environ.get(PRECISION_ENV) or "auto"
+    if precision not in PRECISIONS:
+        print(f"pointllm demo: ${PRECISION_ENV}={precision!r}: use one of {', '.join(PRECISIONS)}")
+        return 2
+    run_demo(args.out, quick=args.quick, fresh=args.fresh, precision=precision)
     return 0
 
 
@@ -23,4 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--fresh", action="store_true", help="run every phase again")
     parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="training precision; auto (the default, or $POINTLLM_DEMO_PRECISION): bf16 autocast "
+        "on a CUDA GPU or a CPU with AMX, else fp32. Changing it reruns the training phases",
+    )
     parser.set_defaults(func=_handle)

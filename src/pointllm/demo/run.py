@@ -13,6 +13,7 @@ settings are unchanged and whose outputs are still there, unless an earlier phas
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ SUMMARY_FILE = "summary.json"
 CLASSIFICATION_PROMPT = 0  # "What is this?", as in the benchmarks
 CAPTION_PROMPT = 2  # "Caption this 3D model in detail."
 CHAT_QUESTIONS = ("What is this?", "What color is this object?", "Caption this 3D model in detail.")
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_ENV = "POINTLLM_DEMO_PRECISION"  # the default of `pointllm demo --precision`
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class DemoPlan:
     eval_objects: int | None  # held-out objects classified (None: all)
     caption_objects: int | None  # held-out objects captioned (None: all)
     seed: int = 0
+    stage0_lr: float = 1e-3
+    stage1_batch: int | None = None  # None: the recipe's per_device_train_batch_size
+    stage2_batch: int | None = None
+    stage2_learning_rate: float | None = None
+    eval_batch: int = 16
 
 
 FULL = DemoPlan(
@@ -75,6 +83,43 @@ def recipe_path(name: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Precision:
+    """The training precision the demo runs in, and why it was chosen."""
+
+    mode: str  # "fp32" or "bf16" (autocast)
+    reason: str
+
+
+def _onednn_caps_amx() -> str | None:
+    """The ONEDNN_MAX_CPU_ISA value when it keeps oneDNN off AMX (e.g. AVX2), else None."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return isa if isa and "AMX" not in isa and isa not in ("ALL", "DEFAULT") else None
+
+
+def choose_precision(requested: str = "auto") -> Precision:
+    """fp32 or bf16 for the training phases: `requested` unless it is auto; auto takes bf16 where
+    it is fast (a CUDA GPU with bf16, a CPU with AMX tiles that oneDNN may use) and fp32 elsewhere
+    (on a CPU without AMX, bf16 is slower than fp32)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return Precision(requested, f"{requested} asked for")
+    import torch
+
+    if torch.cuda.is_available():
+        fast = torch.cuda.is_bf16_supported()
+        return Precision(
+            "bf16" if fast else "fp32", f"CUDA GPU {'with' if fast else 'without'} bf16"
+        )
+    if not torch.cpu._is_amx_tile_supported():
+        return Precision("fp32", "no AMX on this CPU (bf16 would be slower than fp32)")
+    capped = _onednn_caps_amx()
+    if capped:
+        return Precision("fp32", f"AMX present but ONEDNN_MAX_CPU_ISA={capped} keeps oneDNN off it")
+    return Precision("bf16", "AMX tiles on this CPU (bf16 autocast is several times faster)")
+
+
 # ---- phases -------------------------------------------------------------------------------------
 
 
@@ -85,6 +130,11 @@ class Context:
     out: Path
     plan: DemoPlan
     progress: bool
+    precision: Precision = Precision("fp32", "default")
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision.mode == "bf16"
 
     @property
     def data(self) -> Path:
@@ -139,8 +189,10 @@ def _phase_stage0(ctx: Context) -> dict[str, Any]:
         num_points=num_points,
         steps=ctx.plan.stage0_steps,
         batch_size=ctx.plan.stage0_batch,
+        lr=ctx.plan.stage0_lr,
         eval_cls_path=ctx.anno / "val_cls.json",
         seed=ctx.plan.seed,
+        bf16=ctx.bf16,
         progress=ctx.progress,
     )
     return {
@@ -150,21 +202,23 @@ def _phase_stage0(ctx: Context) -> dict[str, Any]:
     }
 
 
-def _precision_flags() -> list[str]:
-    """bf16 autocast where it is fast (CUDA, CPUs with AMX); transformers wants `use_cpu` to
-    autocast on a CPU."""
+def _precision_flags(ctx: Context) -> list[str]:
+    """The trainer flags for the chosen precision; transformers wants `use_cpu` to autocast on a
+    CPU."""
     import torch
 
-    from pointllm.pretrain import bf16_is_fast
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not bf16_is_fast(device):
+    if not ctx.bf16:
         return []
-    return ["--bf16", "true"] + (["--use_cpu", "true"] if device.type == "cpu" else [])
+    return ["--bf16", "true"] + ([] if torch.cuda.is_available() else ["--use_cpu", "true"])
 
 
 def _train_stage(
-    ctx: Context, stage: int, overrides: list[str], steps: int | None, lr: float | None = None
+    ctx: Context,
+    stage: int,
+    overrides: list[str],
+    steps: int | None,
+    lr: float | None = None,
+    batch: int | None = None,
 ) -> dict:
     from pointllm.train.args import parse_args
     from pointllm.train.run import train
@@ -172,11 +226,13 @@ def _train_stage(
     argv = ["--config", str(recipe_path(f"demo_stage{stage}.yaml")), *overrides]
     argv += ["--data_path", str(ctx.points), "--output_dir", str(ctx.out / f"stage{stage}")]
     # Whole phases are the demo's unit of reuse; intermediate checkpoints would only cost time.
-    argv += ["--save_strategy", "no", "--seed", str(ctx.plan.seed), *_precision_flags()]
+    argv += ["--save_strategy", "no", "--seed", str(ctx.plan.seed), *_precision_flags(ctx)]
     if steps is not None:
         argv += ["--max_steps", str(steps)]
     if lr is not None:
         argv += ["--learning_rate", str(lr)]
+    if batch is not None:
+        argv += ["--per_device_train_batch_size", str(batch)]
     result = train(*parse_args(argv))
     loss = result.summary["final_loss"]
     return {
@@ -189,20 +245,26 @@ def _train_stage(
 def _phase_stage1(ctx: Context) -> dict[str, Any]:
     overrides = ["--anno_path", str(ctx.anno / "stage1_brief.json")]
     overrides += ["--point_backbone_ckpt", str(ctx.encoder)]
-    return _train_stage(ctx, 1, overrides, ctx.plan.stage1_steps, ctx.plan.stage1_learning_rate)
+    plan = ctx.plan
+    return _train_stage(
+        ctx, 1, overrides, plan.stage1_steps, plan.stage1_learning_rate, plan.stage1_batch
+    )
 
 
 def _phase_stage2(ctx: Context) -> dict[str, Any]:
     overrides = ["--anno_path", str(ctx.anno / "stage2_instruct.json")]
     overrides += ["--model_name_or_path", str(ctx.out / "stage1")]
-    return _train_stage(ctx, 2, overrides, ctx.plan.stage2_steps)
+    plan = ctx.plan
+    return _train_stage(
+        ctx, 2, overrides, plan.stage2_steps, plan.stage2_learning_rate, plan.stage2_batch
+    )
 
 
 def _phase_eval(ctx: Context) -> dict[str, Any]:
     from pointllm.eval.metrics import evaluate_captions
     from pointllm.eval.run import evaluate_model
 
-    common = dict(batch_size=16, progress=ctx.progress)
+    common = dict(batch_size=ctx.plan.eval_batch, progress=ctx.progress)
     classification = evaluate_model(
         "modelnet-cls",
         ctx.final_model,
@@ -317,13 +379,22 @@ def phase_settings(ctx: Context, name: str) -> dict[str, Any]:
     if name == "stage0":
         config, num_points = demo_encoder()
         encoder = {**point_config_fields(config), "num_points": num_points}
-        return {"steps": plan.stage0_steps, "batch": plan.stage0_batch, "encoder": encoder}
+        return {
+            "steps": plan.stage0_steps,
+            "batch": plan.stage0_batch,
+            "lr": plan.stage0_lr,
+            "encoder": encoder,
+            "precision": ctx.precision.mode,
+        }
     if name in ("stage1", "stage2"):
         stage = int(name[-1])
-        settings = {"steps": getattr(plan, f"{name}_steps"), "recipe": digest(stage)}
-        if name == "stage1":
-            settings["learning_rate"] = plan.stage1_learning_rate
-        return settings
+        return {
+            "steps": getattr(plan, f"{name}_steps"),
+            "batch": getattr(plan, f"{name}_batch"),
+            "learning_rate": getattr(plan, f"{name}_learning_rate"),
+            "recipe": digest(stage),
+            "precision": ctx.precision.mode,
+        }
     if name == "eval":
         return {"objects": plan.eval_objects, "captions": plan.caption_objects}
     return {"questions": list(CHAT_QUESTIONS)}
@@ -353,26 +424,45 @@ def _read_record(path: Path) -> dict | None:
         return None
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds this process and its finished children have used."""
+    import resource
+
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_demo(
     out_dir: str | Path = "runs/demo",
     *,
     quick: bool = False,
     fresh: bool = False,
     progress: bool = True,
+    precision: str | None = None,
+    plan: DemoPlan | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every phase, print a summary table and write `summary.json`; returns it.
 
+    precision: auto | fp32 | bf16 for the training phases (None: $POINTLLM_DEMO_PRECISION, else
+    auto; see `choose_precision`). plan: the phase sizes (default FULL, or QUICK with `quick`).
+
     summary.json: accuracy (held-out generative classification, 0-1, greedy answers to "What is
     this?" scored by the matcher), num_categories, num_eval_objects, caption_metrics (the
-    `eval metrics --json` object), phases (name -> seconds), total_seconds, model_dir.
+    `eval metrics --json` object), precision and precision_reason, phases (name -> seconds),
+    phase_cpu_seconds (name -> user + system CPU seconds), total_seconds, model_dir.
     """
     import shutil
 
     from pointllm.atomic import write_json
 
-    plan = QUICK if quick else FULL
-    ctx = Context(Path(out_dir), plan, progress)
+    plan = plan or (QUICK if quick else FULL)
+    chosen = choose_precision(precision or os.environ.get(PRECISION_ENV) or "auto")
+    ctx = Context(Path(out_dir), plan, progress, chosen)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    print(f"Precision: {chosen.mode} ({chosen.reason})", flush=True)
     records: dict[str, dict] = {}
     rerun = fresh
     for number, name in enumerate(PHASES, start=1):
@@ -393,10 +483,11 @@ def run_demo(
             marker.unlink(missing_ok=True)
             for folder in _phase_dirs(ctx, name):
                 shutil.rmtree(folder, ignore_errors=True)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), _cpu_seconds()
             result = _RUNNERS[name](ctx)
             record = {
                 "seconds": time.perf_counter() - started,
+                "cpu_seconds": _cpu_seconds() - cpu_started,
                 "settings": settings,
                 "result": result,
             }
@@ -409,7 +500,12 @@ def run_demo(
         "num_categories": evaluation["num_categories"],
         "num_eval_objects": evaluation["num_eval_objects"],
         "caption_metrics": evaluation["caption_metrics"],
+        "precision": chosen.mode,
+        "precision_reason": chosen.reason,
         "phases": {name: round(records[name]["seconds"], 2) for name in PHASES},
+        "phase_cpu_seconds": {
+            name: round(records[name].get("cpu_seconds", 0.0), 2) for name in PHASES
+        },
         "total_seconds": round(sum(records[name]["seconds"] for name in PHASES), 2),
         "model_dir": str(ctx.final_model.resolve()),
     }
@@ -428,11 +524,14 @@ def _print_report(ctx: Context, records: dict[str, dict], summary: dict[str, Any
     metrics = summary["caption_metrics"]
     shown = [f"{k} {v:.1f}" for k, v in metrics.items() if isinstance(v, (int, float))]
     print(f"\nCaption metrics (prompt {CAPTION_PROMPT!r} vs. ground truth): {', '.join(shown)}")
-    print(f"\n{'phase':<8} {'time':>8}  key number")
+    print(f"\nPrecision: {summary['precision']} ({summary['precision_reason']})")
+    print(f"{'phase':<8} {'time':>8} {'CPU time':>9}  key number")
     for name in PHASES:
         record = records[name]
-        print(f"{name:<8} {record['seconds']:>7.0f}s  {record['result']['key']}")
-    print(f"{'total':<8} {summary['total_seconds']:>7.0f}s")
+        cpu = summary["phase_cpu_seconds"][name]
+        print(f"{name:<8} {record['seconds']:>7.0f}s {cpu:>8.0f}s  {record['result']['key']}")
+    cpu_total = sum(summary["phase_cpu_seconds"].values())
+    print(f"{'total':<8} {summary['total_seconds']:>7.0f}s {cpu_total:>8.0f}s")
     print(
         f"\nHeld-out classification accuracy: {100 * summary['accuracy']:.1f} % over "
         f"{summary['num_categories']} categories ({summary['num_eval_objects']} objects)."
