@@ -69,9 +69,9 @@ def test_require_model_says_what_is_wrong_in_one_line(tmp_path):
         checkpoint.require_model(init)
 
 
-def test_load_refuses_loader_options_for_the_original_layout(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="convert it first"):
-        checkpoint.load(_original(tmp_path / "orig", True), quantization_config=object())
+def test_load_names_loader_options_the_original_layout_cannot_take(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match=r"\['gguf_file'\].*convert it first"):
+        checkpoint.load(_original(tmp_path / "orig", True), gguf_file="model.gguf")
 
 
 def test_one_dtype_resolver():

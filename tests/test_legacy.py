@@ -464,10 +464,47 @@ def test_inference_api_loads_the_original_folder_as_is(v12_dir):
 
 
 def test_from_pretrained_names_options_it_cannot_honour(v12_dir):
-    with pytest.raises(ValueError, match="quantization_config.*pointllm convert"):
-        PointLLMForCausalLM.from_pretrained(v12_dir[0], quantization_config={"x": 1})
+    with pytest.raises(ValueError, match="gguf_file.*pointllm convert"):
+        PointLLMForCausalLM.from_pretrained(v12_dir[0], gguf_file="model.gguf")
     with pytest.raises(ValueError, match="device_map='auto'"):
         PointLLMForCausalLM.from_pretrained(v12_dir[0], device_map="auto")
+
+
+@pytest.mark.parametrize(("version", "fmt"), [("v1.2", "safetensors"), ("v1.1", "bin")])
+def test_transformers_loader_reads_the_original_layout_identically(tmp_path, version, fmt):
+    """Quantized loading (`quantization_config`, `device_map`) reads the original files through
+    transformers' loader with the names mapped; on the CPU, without quantization, it must give the
+    very model our own reader gives."""
+    directory = tmp_path / version
+    write_original_checkpoint(directory, version=version, fmt=fmt, sharded=version == "v1.2")
+    ours, tokenizer = legacy.load_original(directory)
+    theirs, _ = legacy.load_original(directory, device_map={"": "cpu"})
+    expected, got = ours.state_dict(), theirs.state_dict()
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
+    assert torch.equal(model_logits(theirs, tokenizer), model_logits(ours, tokenizer))
+
+
+def test_quantized_load_of_the_original_layout_goes_through_transformers(v12_dir, monkeypatch):
+    """`pointllm.load(..., quantize=)` on an original folder hands transformers' loader the same
+    bitsandbytes config as our layout gets (bitsandbytes and CUDA faked; stopped before loading)."""
+    import pointllm
+    from pointllm.model import precision
+
+    monkeypatch.setattr(precision, "_has_bitsandbytes", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    seen = {}
+
+    def capture(config, weights, dtype, **kwargs):
+        seen.update(kwargs, dtype=dtype)
+        raise RuntimeError("stopped before loading")
+
+    monkeypatch.setattr(legacy, "_load_through_transformers", capture)
+    with pytest.raises(RuntimeError, match="stopped before loading"):
+        pointllm.load(v12_dir[0], device="cuda", quantize="4bit")
+    assert seen["quantization_config"].to_dict() == precision.quantization_config("4bit").to_dict()
+    assert seen["device_map"] == {"": 0} and seen["dtype"] == torch.bfloat16
 
 
 # ---- conversion --------------------------------------------------------------------------------

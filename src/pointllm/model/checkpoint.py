@@ -235,7 +235,7 @@ def load(
     """A PointLLM in eval mode and its tokenizer, from any kind `require_model` accepts: ours,
     an original release, or a LoRA adapter rebuilt on its recorded base. dtype None/"auto" keeps
     the checkpoint's. `llm_kwargs` (e.g. a bitsandbytes `quantization_config` with a
-    `device_map`) go to transformers' `from_pretrained`; the original layout takes none."""
+    `device_map`) go to transformers' loader, for the original layout too."""
     kind = require_model(path)
     if kind is Kind.LORA_ADAPTER:
         from pointllm.model.adapters import load_lora_adapter
@@ -244,12 +244,8 @@ def load(
     elif kind is Kind.ORIGINAL:
         from pointllm.model import legacy
 
-        if llm_kwargs:
-            raise CheckpointError(
-                f"{path}: {sorted(llm_kwargs)} not supported when loading an original PointLLM "
-                "checkpoint; convert it first with `pointllm convert`"
-            )
-        model, tokenizer = legacy.load_original(path, dtype=dtype, device=device)
+        placed = {} if "device_map" in llm_kwargs else {"device": device}
+        model, tokenizer = legacy.load_original(path, dtype=dtype, **placed, **llm_kwargs)
     else:
         from transformers import AutoTokenizer
 

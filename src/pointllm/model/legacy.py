@@ -54,6 +54,16 @@ WEIGHT_FORMATS = ("bin", "safetensors")
 _DERIVED_KEY = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 # v1.1's projector is one nn.Linear named `point_proj`; ours is a Sequential whose index 0 it is.
 _SINGLE_LINEAR_PROJ_KEY = re.compile(r"^model\.point_proj\.(weight|bias)$")
+# The renames of `original_to_native_key` as regular expressions, for transformers' own loader
+# (`key_mapping`), which reads the original layout when a loader option needs it (quantization).
+ORIGINAL_KEY_MAPPING = {
+    r"^model\.point_proj\.(weight|bias)$": r"point_proj.0.\1",
+    r"^model\.point_(backbone|proj)\.": r"point_\1.",
+    r"^model\.(embed_tokens|layers|norm)\.": r"language_model.model.\1.",
+    r"^lm_head\.": "language_model.lm_head.",
+}
+# Options of transformers' loader that `load_original` hands to it.
+_LOADER_KWARGS = ("quantization_config", "device_map")
 # Options of `from_pretrained` that mean nothing for a local original checkpoint (hub access,
 # loading strategy): accepted and ignored. `config` is what AutoModel passes; the flat config is
 # always re-read from the directory because a v1.1 one may need the weights to be interpreted.
@@ -231,6 +241,43 @@ def _empty_model(config: PointLLMConfig) -> PointLLMForCausalLM:
     return model
 
 
+def _original_names(model: PointLLMForCausalLM) -> dict[str, str]:
+    """Original name -> our name, for every weight the original layout stores."""
+    single = not model.config.projector_hidden_dims
+    names = {native_to_original_key(key, single): key for key in model.state_dict()}
+    names.pop(None, None)  # point_boundary_embeds: rows of the embedding matrix
+    return names
+
+
+def _load_through_transformers(
+    config: PointLLMConfig, weights: WeightFiles, dtype: torch.dtype, **loader_kwargs: Any
+) -> PointLLMForCausalLM:
+    """The original files read by transformers' own loader with the names mapped
+    (`ORIGINAL_KEY_MAPPING`), so that its options (a bitsandbytes `quantization_config`, a
+    `device_map`) apply exactly as they do to our layout. Keys are checked first, as
+    `_load_weights` checks them; transformers refuses a misshapen tensor itself."""
+    from transformers.utils import logging as transformers_logging
+
+    expected = set(_original_names(_empty_model(config)))
+    check_keys(weights.directory, set(weights.key_to_file), expected)
+    verbosity = transformers_logging.get_verbosity()
+    # Its load report would call point_boundary_embeds "newly initialized"; load_original fills
+    # them from the embedding rows.
+    transformers_logging.set_verbosity_error()
+    try:
+        # PreTrainedModel's loader itself: PointLLMForCausalLM.from_pretrained would send the
+        # original layout back here.
+        return super(PointLLMForCausalLM, PointLLMForCausalLM).from_pretrained(
+            weights.directory,
+            config=config,
+            key_mapping=ORIGINAL_KEY_MAPPING,
+            dtype=dtype,
+            **loader_kwargs,
+        )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 @torch.no_grad()
 def _load_weights(
     config: PointLLMConfig,
@@ -243,10 +290,8 @@ def _load_weights(
     to `dtype` and moved to `device` before it is put in place (so loading onto a GPU holds one
     shard at a time in host memory)."""
     model = _empty_model(config)
-    single = not config.projector_hidden_dims
     targets = model.state_dict()
-    to_native = {native_to_original_key(k, single): k for k in targets}
-    to_native.pop(None, None)  # point_boundary_embeds: rows of the embedding matrix
+    to_native = _original_names(model)
     optional = (
         set() if point_weights_required else {k for k in to_native if k.startswith(_POINT_PREFIXES)}
     )
@@ -284,10 +329,18 @@ def load_original(
     *,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    **loader_kwargs: Any,
 ) -> tuple[PointLLMForCausalLM, PreTrainedTokenizerBase]:
     """Read an original PointLLM checkpoint (v1.1: linear projector, v1.2: MLP) as our model, in
     eval mode, with its tokenizer. The template is vicuna_v1_1 and the point token ids come from
-    the tokenizer. dtype: None/"auto" follows config.json."""
+    the tokenizer. dtype: None/"auto" follows config.json. `quantization_config` and `device_map`
+    (instead of `device`) are honoured by reading through transformers' own loader."""
+    unknown = sorted(set(loader_kwargs) - set(_LOADER_KWARGS))
+    if unknown:
+        raise OriginalCheckpointError(
+            f"{path}: {unknown} not supported when loading an original PointLLM checkpoint; "
+            "convert it first with `pointllm convert`"
+        )
     weights = WeightFiles.find(path)
     if not any(key.startswith(_POINT_PREFIXES) for key in weights.key_to_file):
         raise OriginalCheckpointError(
@@ -298,7 +351,10 @@ def load_original(
     tokenizer = load_original_tokenizer(path)
     record_point_token_ids(tokenizer, config, path)
     dtype = resolve_dtype(dtype, auto=config.dtype or torch.float32)
-    model = _load_weights(config, weights, dtype, device, True)
+    if loader_kwargs:
+        model = _load_through_transformers(config, weights, dtype, **loader_kwargs)
+    else:
+        model = _load_weights(config, weights, dtype, device, True)
     if model.point_boundary_embeds is not None:
         # Our learned <point_start>/<point_end> inputs are the original's embedding rows.
         embeds = model.language_model.get_input_embeddings().weight
@@ -309,11 +365,15 @@ def load_original(
 
 def from_pretrained_original(path: str | os.PathLike, **kwargs: Any) -> PointLLMForCausalLM:
     """`PointLLMForCausalLM.from_pretrained` for an original checkpoint. Supports dtype (or
-    torch_dtype), a single-device device_map, attn_implementation and use_cache."""
+    torch_dtype), a single-device device_map, attn_implementation, use_cache, and a
+    quantization_config (with any device_map transformers takes)."""
     dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
     dtype = dtype or torch_dtype
     device = kwargs.pop("device_map", None)
-    if device == "auto" or not isinstance(device, (str, int, torch.device, type(None))):
+    quantization = kwargs.pop("quantization_config", None)
+    if quantization is None and (
+        device == "auto" or not isinstance(device, (str, int, torch.device, type(None)))
+    ):
         raise OriginalCheckpointError(
             f"{path}: device_map={device!r} is not supported for an original checkpoint; pass "
             "one device, or convert it first with `pointllm convert`"
@@ -327,7 +387,12 @@ def from_pretrained_original(path: str | os.PathLike, **kwargs: Any) -> PointLLM
             f"{path}: {sorted(kwargs)} not supported when loading an original PointLLM "
             "checkpoint; convert it first with `pointllm convert`"
         )
-    model, _ = load_original(path, dtype=dtype, device=device)
+    if quantization is not None:
+        model, _ = load_original(
+            path, dtype=dtype, quantization_config=quantization, device_map=device
+        )
+    else:
+        model, _ = load_original(path, dtype=dtype, device=device)
     if attn_implementation is not None:
         model.set_attn_implementation(attn_implementation)
     if use_cache is not None:
