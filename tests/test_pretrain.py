@@ -23,6 +23,37 @@ from pointllm.pretrain import (
 TINY_SIZES = dict(trans_dim=64, depth=2, num_heads=4, num_group=16, group_size=16, encoder_dims=64)
 
 
+def _mini_pointnet_as_convolutions(net, groups):
+    """The original Point-BERT formulation: 1x1 convolutions over (BG, C, K), with each group's
+    pooled feature concatenated before every point's."""
+    batch, num_group, size, channels = groups.shape
+    x = groups.reshape(batch * num_group, size, channels).transpose(1, 2)
+    feature = net.first_conv(x)
+    pooled = feature.amax(dim=2, keepdim=True)
+    feature = torch.cat([pooled.expand(-1, -1, size), feature], dim=1)
+    return net.second_conv(feature).amax(dim=2).reshape(batch, num_group, -1)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mini_pointnet_computes_what_the_original_convolutions_do(training):
+    torch.manual_seed(0)
+    net = PointBertEncoder(PointBertConfig(**TINY_SIZES, point_dims=6)).encoder.train(training)
+    net = net.double()  # float64: rounding differences of the two summation orders vanish
+    for module in net.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+    groups = torch.randn(3, 16, 16, 6, dtype=torch.float64, requires_grad=True)
+    ours = net(groups)
+    ours_grad = torch.autograd.grad(ours.square().sum(), [groups, *net.parameters()])
+    reference = _mini_pointnet_as_convolutions(net, groups)
+    reference_grad = torch.autograd.grad(reference.square().sum(), [groups, *net.parameters()])
+    assert ours.shape == (3, 16, 64)
+    torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)
+    for a, b in zip(ours_grad, reference_grad):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
 def test_rotating_groups_equals_grouping_the_rotated_cloud():
     torch.manual_seed(0)
     cloud = torch.cat([torch.randn(2, 256, 3), torch.rand(2, 256, 3)], dim=-1)  # (B, N, 6)
