@@ -2,7 +2,7 @@
 
 The happy paths run against the real server process with the official `openai` client and check
 that answers equal the Python API's answers for the same inputs; the many bad-request cases run
-in-process (fast) through the ASGI app; the batcher's grouping is checked with a recording fake.
+in-process (fast) through the ASGI app. The batcher itself is tested in test_batching.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +28,6 @@ from fastapi.testclient import TestClient
 import pointllm
 from pointllm.model.pointllm import save_pointllm
 from pointllm.serve.app import ServeSettings, create_app
-from pointllm.serve.batching import Batcher, GenerationRequest
 from pointllm.serve.protocol import StopMatcher
 
 NUM_POINTS = 256
@@ -383,7 +381,7 @@ def test_generation_failure_is_a_500_in_the_error_shape(app_client, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(batcher.llm, "chat", broken)
+    monkeypatch.setattr(batcher.llm.model, "embed_inputs", broken)
     response = post(app_client, chat([user("hi")]))
     assert_error(response, 500, "server_error", says="CUDA out of memory")
     monkeypatch.undo()
@@ -418,59 +416,6 @@ def test_stop_matcher_holds_back_a_possible_stop_across_chunks():
     assert matcher.stopped and matcher.flush() == ""
     matcher = StopMatcher(["END"])
     assert matcher.feed("text E") == "text " and matcher.flush() == "E" and not matcher.stopped
-
-
-class RecordingLLM:
-    """Stands in for PointLLM: answers instantly and records how calls were grouped."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, int]] = []
-        self.release = threading.Event()
-
-    def generate_batch(self, items, **gen):
-        self.calls.append(("batch", len(items)))
-        return [f"{q}!" for _, q in items]
-
-    def chat(self, history, points=None, **gen):
-        self.release.wait(5)  # holds the worker so that the next requests queue up
-        self.calls.append(("chat", 1))
-        return history[-1]["content"] + "!"
-
-    def stream_chat(self, history, points=None, **gen):
-        self.calls.append(("stream", 1))
-        return iter(["a", "b"])
-
-
-def test_batcher_groups_compatible_waiting_requests():
-    llm = RecordingLLM()
-    batcher = Batcher(llm, max_batch=3, window_s=0.05)
-    batcher.start()
-    try:
-        first = batcher.submit(GenerationRequest([{"role": "user", "content": "q0"}]))
-        time.sleep(0.2)  # the worker is now inside chat(), held by `release`
-        same = {"max_new_tokens": 4}
-        futures = [
-            batcher.submit(GenerationRequest([{"role": "user", "content": f"q{i}"}], gen=same))
-            for i in range(1, 6)
-        ]
-        other = batcher.submit(
-            GenerationRequest([{"role": "user", "content": "x"}], gen={"max_new_tokens": 9})
-        )
-        llm.release.set()
-        assert [f.result(5).text for f in [first, *futures, other]] == [
-            "q0!",
-            "q1!",
-            "q2!",
-            "q3!",
-            "q4!",
-            "q5!",
-            "x!",
-        ]
-    finally:
-        batcher.close()
-    # Five alike go as 3 + 2 (max_batch 3); a lone request with other settings runs by itself.
-    assert llm.calls == [("chat", 1), ("batch", 3), ("batch", 2), ("chat", 1)]
-    assert batcher.stats.max_batch_size == 3 and batcher.stats.requests == 7
 
 
 # ---- the real server with the openai client (last: it boots meanwhile) ---------------------
@@ -573,12 +518,18 @@ def test_bad_requests_get_4xx_and_the_server_stays_healthy(client, files, server
 def test_32_concurrent_clients_are_batched(client, files, server):
     llm = files["llm"]
     before = httpx.get(f"{server}/health").json()["batching"]
-    # Four distinct requests, eight clients each: half text-only, half with a point cloud.
+    # Four distinct requests, eight clients each: half text-only, half with a point cloud;
+    # half of each streamed.
     questions = ["What is it?", "Name the object.", "Which color?", "How big is it?"]
 
     def ask(i: int) -> str:
         question = questions[i % 4]
         message = user(question, point_part(path="cloud.npy")) if i % 2 else user(question)
+        if (i // 4) % 2:
+            stream = client.chat.completions.create(
+                model=MODEL, messages=[message], max_tokens=4, stream=True
+            )
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         reply = client.chat.completions.create(model=MODEL, messages=[message], max_tokens=4)
         return reply.choices[0].message.content
 
@@ -592,7 +543,7 @@ def test_32_concurrent_clients_are_batched(client, files, server):
     assert answers == [expected[i % 4] for i in range(32)]  # batched = one by one
     after = httpx.get(f"{server}/health").json()["batching"]
     assert after["requests"] - before["requests"] == 32
-    assert after["batches"] - before["batches"] < 32
+    assert after["batches"] - before["batches"] < 32  # prefills shared by newcomers
     assert 1 < after["max_batch_size"] <= 8
     assert after["queued"] == 0
 

@@ -20,7 +20,6 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import torch
 from test_serve import (
     MODEL,
     chat,
@@ -34,8 +33,6 @@ from test_serve import (
     wait_healthy,
     write_tiny_checkpoint,
 )
-
-from pointllm.serve.batching import Batcher, GenerationRequest
 
 MAX_POINTS = 4096
 MAX_TEXT_CHARS = 20_000
@@ -128,55 +125,6 @@ def error_of(response: httpx.Response, status: int) -> dict:
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     return error
-
-
-# ---- the batcher alone (fast, no server) ------------------------------------------------------
-
-
-class FakeLLM:
-    """Answers instantly; a question containing "poison" fails whatever call carries it."""
-
-    def __init__(self):
-        self.calls: list[int] = []
-
-    def _check(self, questions):
-        self.calls.append(len(questions))
-        if any("poison" in q for q in questions):
-            raise ValueError("poisoned request")
-
-    def generate_batch(self, items, **gen):
-        self._check([q for _, q in items])
-        return [f"{q}!" for _, q in items]
-
-    def chat(self, history, points=None, **gen):
-        self._check([history[-1]["content"]])
-        return history[-1]["content"] + "!"
-
-
-def test_jobs_with_point_tensors_batch_by_identity_and_one_error_fails_one_job():
-    """Distinct jobs holding point tensors (comparing them by value raised in deque.remove),
-    and a poisoned one among them: only it fails, the others get their answers."""
-    llm = FakeLLM()
-    batcher = Batcher(llm, max_batch=8, window_s=0.2)
-    batcher.start()
-    try:
-        questions = [f"q{i}" for i in range(7)] + ["poison"]
-        futures = [
-            batcher.submit(
-                GenerationRequest([{"role": "user", "content": q}], torch.rand(16, 6), {"n": 1})
-            )
-            for q in questions
-        ]
-        answers = [f.exception(5) or f.result().text for f in futures]
-    finally:
-        batcher.close()
-    assert answers[:7] == [f"q{i}!" for i in range(7)]
-    assert isinstance(answers[7], ValueError)
-    assert (
-        llm.calls[0] == 8 and sorted(llm.calls[1:]) == [1] * 8
-    )  # batch failed, retried one by one
-    assert batcher.alive is False and batcher.failure is None
-    assert batcher.stats.failed == 1
 
 
 # ---- load and faults ----------------------------------------------------------------------------

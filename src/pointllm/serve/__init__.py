@@ -5,7 +5,7 @@ The defaults live here, in a module without heavy imports, so that the CLI can s
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_MAX_REQUEST_MB = 32.0
 API_KEY_ENV = "POINTLLM_API_KEY"

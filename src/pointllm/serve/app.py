@@ -1,9 +1,10 @@
 """`pointllm serve`: an OpenAI-compatible HTTP API (and optionally the web demo) for a checkpoint.
 
 Endpoints: `POST /v1/chat/completions` (JSON, or server-sent events with `"stream": true`),
-`GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, and the Gradio demo at `/ui` with `--ui`.
-Requests are validated on the event loop (point files are read in a worker thread) and then queued
-for the model's single worker thread, which batches them (see `pointllm.serve.batching`).
+`GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /metrics` (Prometheus), and the
+Gradio demo at `/ui` with `--ui`. Requests are validated on the event loop (point files are read
+in a worker thread) and then queued for the model's single worker thread, which decodes them
+together with continuous batching (see `pointllm.serve.batching`).
 
 Safety: point clouds arrive as base64 bytes of a .npy or .ply file (never unpickled) or as a path
 that must resolve, symlinks followed, inside a directory the operator allowed; nothing is fetched
@@ -62,6 +63,8 @@ from pointllm.serve.batching import (
     QueueTimeout,
     WorkerDied,
 )
+from pointllm.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pointllm.serve.metrics import render as render_metrics
 from pointllm.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -93,6 +96,7 @@ class ServeSettings:
     points (and mesh faces) a point file may declare, point-file bytes decoded at once over all
     requests, requests waiting for the model (more get 429), seconds a request may wait before
     it starts (then 503). `allowed_hosts`: the `Host` names requests may carry ("*": any).
+    `served_model_name`: the model id clients name (None: the checkpoint directory's name).
     """
 
     allowed_dirs: Sequence[str | os.PathLike] = ()
@@ -108,6 +112,7 @@ class ServeSettings:
     max_queue: int = DEFAULT_MAX_QUEUE
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS
+    served_model_name: str | None = None
     resolved_dirs: tuple[Path, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +144,8 @@ class ServeSettings:
         if not self.allowed_hosts:
             raise ValueError("--allowed-host: give at least one host name (or '*')")
         self.allowed_hosts = tuple(host.strip().lower() for host in self.allowed_hosts)
+        if self.served_model_name is not None and not self.served_model_name.strip():
+            raise ValueError("--served-model-name must not be empty")
 
 
 # ---- point clouds -----------------------------------------------------------------------------
@@ -238,9 +245,9 @@ def _prepare(
 def generation_settings(
     request: ChatCompletionRequest, llm: PointLLM, prompt_tokens: int, default_max_new: int
 ) -> dict[str, object]:
-    """transformers generate kwargs for a request: max_new_tokens (the request's, else
-    `default_max_new`, bounded by the context window), sampling when temperature > 0, and stop
-    strings for early stopping."""
+    """Generation settings for a request (`GenerationRequest.gen`): max_new_tokens (the
+    request's, else `default_max_new`, bounded by the context window), sampling when
+    temperature > 0, and stop strings for early stopping."""
     asked = request.max_completion_tokens or request.max_tokens
     max_new = asked or default_max_new
     context = getattr(llm.config.text_config, "max_position_embeddings", None)
@@ -261,15 +268,14 @@ def generation_settings(
         if request.top_p is not None:
             gen["top_p"] = request.top_p
     if request.stop_sequences:
-        # Stops generation early; the text is cut before the stop by StopMatcher.
+        # Ends the row early; the text is cut before the stop by StopMatcher.
         gen["stop_strings"] = request.stop_sequences
-        gen["tokenizer"] = llm.tokenizer
     return gen
 
 
-def _prompt_tokens(llm: PointLLM, history: list[dict[str, str]], with_points: bool) -> int:
+def _prompt_ids(llm: PointLLM, history: list[dict[str, str]], with_points: bool) -> list[int]:
     try:
-        return len(llm.prompt_ids(history, with_points=with_points))
+        return llm.prompt_ids(history, with_points=with_points)
     except ValueError as exc:  # roles that do not alternate, an empty turn, ...
         raise APIError(400, f"messages: {exc}", param="messages") from exc
 
@@ -421,6 +427,7 @@ def create_app(
     batcher = Batcher(
         llm, max_batch=settings.max_batch, max_queue=settings.max_queue, on_death=on_worker_death
     )
+    model_name = settings.served_model_name or llm.model_name
     decoding = _ByteBudget(settings.max_decode_bytes)
 
     @contextlib.asynccontextmanager
@@ -471,7 +478,7 @@ def create_app(
     api = APIRouter(prefix="/v1", dependencies=[Depends(check_api_key)])
 
     def model_card() -> dict[str, object]:
-        return {"id": llm.model_name, "object": "model", "created": 0, "owned_by": "pointllm"}
+        return {"id": model_name, "object": "model", "created": 0, "owned_by": "pointllm"}
 
     @api.get("/models")
     async def list_models() -> dict[str, object]:
@@ -479,7 +486,7 @@ def create_app(
 
     @api.get("/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, object]:
-        if model_id != llm.model_name:
+        if model_id != model_name:
             raise APIError(404, f"model {model_id!r} not found", code="model_not_found")
         return model_card()
 
@@ -489,10 +496,10 @@ def create_app(
         body = await _read_body(request, settings.max_request_bytes)
         chat = parse_chat_request(body, max_stop_chars=settings.max_stop_chars)
         del body
-        if chat.model != llm.model_name:
+        if chat.model != model_name:
             raise APIError(
                 404,
-                f"model {chat.model!r} not found; this server serves {llm.model_name!r}",
+                f"model {chat.model!r} not found; this server serves {model_name!r}",
                 param="model",
                 code="model_not_found",
             )
@@ -511,10 +518,11 @@ def create_app(
                     settings.resolved_dirs,
                     settings.max_points,
                 )
-        prompt_tokens = await run_in_threadpool(_prompt_tokens, llm, history, points is not None)
+        prompt = await run_in_threadpool(_prompt_ids, llm, history, points is not None)
+        prompt_tokens = len(prompt)
         gen = generation_settings(chat, llm, prompt_tokens, settings.max_new_tokens)
-        job = GenerationRequest(history, points, gen, chat.seed)
-        meta = CompletionMeta(llm.model_name)
+        job = GenerationRequest(history, points, gen, chat.seed, prompt_ids=prompt)
+        meta = CompletionMeta(model_name)
         if chat.stream:
             include_usage = chat.stream_options is not None and chat.stream_options.include_usage
             events = _sse_events(
@@ -537,7 +545,7 @@ def create_app(
         alive = batcher.alive
         body = {
             "status": "ok" if alive else "error",
-            "model": llm.model_name,
+            "model": model_name,
             "device": str(llm.device),
             "batching": {
                 "max_batch": batcher.max_batch,
@@ -548,6 +556,10 @@ def create_app(
         if not alive:
             body["error"] = "the generation worker has stopped"
         return JSONResponse(body, status_code=200 if alive else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render_metrics(batcher, model_name), media_type=METRICS_CONTENT_TYPE)
 
     if settings.ui:
         import gradio as gr
@@ -691,6 +703,7 @@ def serve(
     max_queue: int = DEFAULT_MAX_QUEUE,
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
     allowed_hosts: Sequence[str] = (),
+    served_model_name: str | None = None,
 ) -> int:
     """Load the checkpoint and serve it until interrupted (settings are checked first). Returns
     the exit status: 0, or WORKER_DIED_EXIT_CODE when the generation worker died."""
@@ -714,6 +727,7 @@ def serve(
         max_queue=max_queue,
         queue_timeout_s=queue_timeout_s,
         allowed_hosts=allowed_hosts_for(host, allowed_hosts),
+        served_model_name=served_model_name,
     )
     if api_key is None and host not in LOOPBACK_HOSTS:
         print(
@@ -732,7 +746,8 @@ def serve(
     app = create_app(llm, settings, on_worker_death)
     shown = f"[{host}]" if ":" in host else host
     extra = f", web demo at http://{shown}:{port}/ui" if ui else ""
-    print(f"pointllm serve: {llm.model_name} at http://{shown}:{port}/v1{extra}", flush=True)
+    name = settings.served_model_name or llm.model_name
+    print(f"pointllm serve: {name} at http://{shown}:{port}/v1{extra}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=5))
     server.run()
     if died:

@@ -44,6 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         queue_timeout_s=args.queue_timeout,
         allowed_hosts=args.allowed_host,
+        served_model_name=args.served_model_name,
     )
 
 
@@ -58,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on ({DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    p.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="the model id clients send and /v1/models lists (default: the checkpoint "
+        "directory's name)",
+    )
     p.add_argument(
         "--allowed-dir",
         action="append",
@@ -74,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-batch",
         type=int,
         default=DEFAULT_MAX_BATCH,
-        help=f"most requests generated together in one batch ({DEFAULT_MAX_BATCH})",
+        help="most requests decoding together (continuous batching); 1 answers one request at "
+        f"a time ({DEFAULT_MAX_BATCH})",
     )
     p.add_argument(
         "--max-request-mb",
