@@ -765,3 +765,20 @@ def test_published_v12_names_shapes_and_documented_parameter_counts(monkeypatch)
     for size in ("7B", "13B"):
         count = parameter_count(published_config(size))
         assert f"| PointLLM_{size}_v1.2 | {count:,} |" in text, (size, count)
+
+
+def test_sharded_original_weights_show_a_bar_only_when_bars_are_on(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    directory = tmp_path / "ckpt"
+    write_original_checkpoint(directory, "v1.2", "safetensors", sharded=True)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    try:
+        hf_logging.enable_progress_bar()
+        load_pointllm(directory)
+        assert "Loading original weights" in capsys.readouterr().err
+        hf_logging.disable_progress_bar()
+        load_pointllm(directory)
+        assert "Loading original weights" not in capsys.readouterr().err
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils.logging import tqdm
 
 from pointllm.atomic import replace_directory
 from pointllm.config import (
@@ -296,7 +297,9 @@ def _load_weights(
         set() if point_weights_required else {k for k in to_native if k.startswith(_POINT_PREFIXES)}
     )
     check_keys(weights.directory, set(weights.key_to_file), set(to_native), optional)
-    for file in weights.files():
+    # transformers' tqdm: a bar per shard on a terminal, silent when the CLI turns bars off.
+    files = weights.files()
+    for file in tqdm(files, desc="Loading original weights", disable=len(files) < 2):
         part = {}
         for key, tensor in weights.read(file).items():
             native = original_to_native_key(key)
