@@ -283,12 +283,18 @@ def test_served_model_name_and_metrics_endpoint(llm):
         assert reply.json()["choices"][0]["message"]["content"] == llm.chat(
             body["messages"], None, max_new_tokens=4
         )
+        # top_k=1 leaves one choice: hot sampling gives the greedy answer.
+        hot = {**body, "max_tokens": 8, "temperature": 2.0, "top_k": 1, "seed": 3}
+        reply = client.post("/v1/chat/completions", json=hot)
+        assert reply.json()["choices"][0]["message"]["content"] == llm.chat(
+            body["messages"], None, max_new_tokens=8
+        )
         other = client.post("/v1/chat/completions", json={**body, "model": "tiny"})
         assert other.status_code == 404 and "'pointllm-7b'" in other.json()["error"]["message"]
         metrics = client.get("/metrics")
         assert metrics.status_code == 200
         assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-        assert 'pointllm_requests_total{model="pointllm-7b",outcome="completed"} 1' in metrics.text
+        assert 'pointllm_requests_total{model="pointllm-7b",outcome="completed"} 2' in metrics.text
     with pytest.raises(ValueError, match="--served-model-name must not be empty"):
         ServeSettings(served_model_name=" ")
 

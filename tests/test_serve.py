@@ -260,6 +260,8 @@ def test_request_size_limit(app_client):
         (chat([user("hi")], stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
         (chat([user("hi")], stop=["x" * 65]), "stop", "at most 64"),
         (chat([user("hi")], seed=-1), "seed", "greater than or equal to 0"),
+        (chat([user("hi")], top_k=0), "top_k", "greater than or equal to 1"),
+        (chat([user("hi")], repetition_penalty=0), "repetition_penalty", "greater than 0"),
         (chat([{"role": "user", "content": ""}] * 2049), "messages", "at most 2048 messages"),
         (
             chat([user("a", point_part(path="cloud.npy")), user("b", point_part(path="c.npy"))]),

@@ -267,6 +267,10 @@ def generation_settings(
         gen["temperature"] = request.temperature
         if request.top_p is not None:
             gen["top_p"] = request.top_p
+        if request.top_k is not None:
+            gen["top_k"] = request.top_k
+    if request.repetition_penalty is not None:
+        gen["repetition_penalty"] = request.repetition_penalty
     if request.stop_sequences:
         # Ends the row early; the text is cut before the stop by StopMatcher.
         gen["stop_strings"] = request.stop_sequences
