@@ -224,6 +224,34 @@ def test_a_failing_prefill_fails_only_its_job(llm, clouds):
     assert batcher.stats.failed == 1 and batcher.stats.completed == 3
 
 
+def test_a_failing_decode_step_fails_its_rows_and_the_worker_goes_on(llm, monkeypatch):
+    language_model = llm.model.language_model
+    forward = language_model.forward
+    calls = {"decode": 0}
+
+    def flaky(*args, **kwargs):
+        if kwargs["inputs_embeds"].shape[1] == 1:  # a decode step
+            calls["decode"] += 1
+            if calls["decode"] == 2:
+                raise RuntimeError("out of memory")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(language_model, "forward", flaky)
+    batcher = Batcher(llm, max_batch=4, window_s=0.2)
+    batcher.start()
+    try:
+        futures = [batcher.submit(ask(f"q{i}", max_new_tokens=8)) for i in range(2)]
+        errors = [f.exception(60) for f in futures]
+        after = batcher.submit(ask("again", max_new_tokens=4)).result(60)
+    finally:
+        batcher.close()
+        monkeypatch.undo()
+    assert [str(e) for e in errors] == ["out of memory"] * 2
+    assert batcher.alive is False and batcher.failure is None  # closed, not dead
+    assert after.text == llm.chat([{"role": "user", "content": "again"}], None, max_new_tokens=4)
+    assert batcher.stats.failed == 2 and batcher.stats.completed == 1
+
+
 def test_one_at_a_time_when_max_batch_is_1(llm):
     batcher = Batcher(llm, max_batch=1)
     batcher.start()

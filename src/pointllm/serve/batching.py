@@ -140,7 +140,8 @@ class _Row:
         self.stops = [s for s in gen.get("stop_strings") or [] if s]
         self.processors = LogitsProcessorList()
         penalty = gen.get("repetition_penalty")
-        if penalty is not None and penalty != 1.0:
+        self.penalized = penalty is not None and penalty != 1.0
+        if self.penalized:
             self.processors.append(RepetitionPenaltyLogitsProcessor(float(penalty)))
         self.generator: torch.Generator | None = None
         if job.request.sampling:
@@ -459,22 +460,34 @@ class Batcher:
         """Prefill the newcomers together and join them to the running batch; a failure is
         retried job by job so that only the job that causes it fails."""
         try:
-            self._prefill_group(jobs)
-            return
+            rows, cache, mask, tokens = self._prefill_group(jobs)
         except Exception as exc:
             if len(jobs) == 1:
                 log.exception("generation failed")
                 self._finish_failed(jobs[0], exc)
                 return
             log.warning("a prefill of %d failed (%r); running its jobs one by one", len(jobs), exc)
-        for job in jobs:
-            if not job.abandoned:
-                self._prefill([job])
-            else:
-                self._finish_cancelled_unstarted(job)
+            for job in jobs:
+                if not job.abandoned:
+                    self._prefill([job])
+                else:
+                    self._finish_cancelled_unstarted(job)
+            return
+        # Everything that can fail has run: the newcomers join the batch.
+        now = time.monotonic()
+        self.stats.batches += 1
+        self.stats.requests += len(rows)
+        for row in rows:
+            self.ttft.observe(now - row.job.submitted)
+        self._join(rows, cache, mask, mask.sum(-1))
+        self._advance(tokens)
 
     @torch.inference_mode()
-    def _prefill_group(self, jobs: list[_Job]) -> None:
+    def _prefill_group(
+        self, jobs: list[_Job]
+    ) -> tuple[list[_Row], DynamicCache, torch.Tensor, torch.Tensor]:
+        """One forward pass over the newcomers' left-padded prompts: their rows, cache,
+        attention mask (b, T) and first ids (b,)."""
         if self._defaults is None:
             self._setup()
         llm, model = self.llm, self.llm.model
@@ -501,15 +514,7 @@ class Batcher:
             logits_to_keep=1,
         )
         rows = [_Row(job, ids, self._defaults) for job, ids in zip(jobs, prompts, strict=True)]
-        tokens = self._choose(rows, out.logits[:, -1, :].float())  # (b,)
-        # Everything that can fail has run: the newcomers join the batch.
-        now = time.monotonic()
-        self.stats.batches += 1
-        self.stats.requests += len(rows)
-        for row in rows:
-            self.ttft.observe(now - row.job.submitted)
-        self._join(rows, cache, mask, mask.sum(-1))
-        self._advance(tokens)
+        return rows, cache, mask, self._choose(rows, out.logits[:, -1, :].float())
 
     def _prompt(self, request: GenerationRequest) -> list[int]:
         if request.prompt_ids is not None:
@@ -549,7 +554,10 @@ class Batcher:
         for i, row in enumerate(rows):
             if row.plain_greedy:
                 continue
-            context = torch.tensor([row.prompt + row.ids], device=logits.device)  # (1, n)
+            # (1, n) ids so far: only a repetition penalty reads them.
+            context = torch.tensor(
+                [row.prompt + row.ids if row.penalized else []], device=logits.device
+            )
             scores = row.processors(context, logits[i : i + 1])  # (1, V)
             if row.generator is None:
                 tokens[i] = scores.argmax(-1)[0]
