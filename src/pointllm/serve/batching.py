@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import queue
@@ -449,6 +450,11 @@ class Batcher:
         ids = set(llm.generation_kwargs().get("eos_token_id") or [])
         self._end_ids = ids
         config = llm.model.language_model.generation_config
+        # transformers >= 5.2x names the cache argument `cache` (`past_key_values` is deprecated);
+        # earlier 5.x releases take only `past_key_values`.
+        base = getattr(llm.model.language_model, "get_base_model", lambda: None)()
+        params = inspect.signature(type(base or llm.model.language_model).forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._defaults = {
             "max_new_tokens": llm.generation_kwargs()["max_new_tokens"],
             "top_k": getattr(config, "top_k", None),
@@ -509,7 +515,7 @@ class Batcher:
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            cache=cache,
+            **{self._cache_arg: cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -531,7 +537,7 @@ class Batcher:
                 inputs_embeds=llm.model.embed_inputs(last),
                 attention_mask=mask,
                 position_ids=self._lengths.unsqueeze(1),
-                cache=self._cache,
+                **{self._cache_arg: self._cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
