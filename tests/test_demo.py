@@ -15,6 +15,7 @@ SUMMARY_KEYS = {
     "num_categories",
     "num_eval_objects",
     "caption_metrics",
+    "seed",
     "precision",
     "precision_reason",
     "phases",
@@ -86,6 +87,19 @@ def test_fresh_or_other_settings_rerun_every_phase(tmp_path, fake_phases):
     fake_phases.clear()
     demo.run_demo(tmp_path, quick=False, progress=False)  # the full plan: nothing matches
     assert fake_phases == list(demo.PHASES)
+
+
+def test_another_seed_reruns_every_phase_with_that_seed(tmp_path, fake_phases, monkeypatch, capsys):
+    seen: list[int] = []
+    data = demo._RUNNERS["data"]
+    monkeypatch.setitem(demo._RUNNERS, "data", lambda ctx: seen.append(ctx.plan.seed) or data(ctx))
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    fake_phases.clear()
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--seed", "7"]) == 0
+    assert fake_phases == list(demo.PHASES) and seen == [0, 7]
+    assert json.loads((tmp_path / "summary.json").read_text())["seed"] == 7
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--seed", "-1"]) == 2
+    assert "--seed -1" in capsys.readouterr().out
 
 
 def test_an_edited_recipe_reruns_its_stage_and_later_phases(tmp_path, fake_phases, monkeypatch):

@@ -13,7 +13,14 @@ import torch
 from conftest import make_tiny_model, tiny_point_config
 
 import pointllm
-from pointllm.data.conversation import point_block, tokenize_conversation
+from pointllm.config import IGNORE_INDEX
+from pointllm.data.conversation import (
+    insert_point_block,
+    normalize_messages,
+    point_block,
+    tokenize_conversation,
+)
+from pointllm.data.dataset import SampleTokenizer
 from pointllm.data.io import load_point_cloud
 from pointllm.infer import api
 from pointllm.model import precision
@@ -406,3 +413,38 @@ def test_real_llm_answers_through_the_chat_template(smollm2_checkpoint):
     assert llm.config.template == "chat_template"
     answer = llm.generate(None, "What is the capital of France?", max_new_tokens=12)
     assert "Paris" in answer
+
+
+def test_system_prompt_travels_from_training_to_inference(tmp_path, base_tokenizer):
+    """A checkpoint's system_prompt replaces the template's default at inference, and the training
+    sample of the same question starts with the very ids of the inference prompt."""
+    model, tokenizer = make_tiny_model(base_tokenizer, arch="qwen2", num_points=NUM_POINTS)
+    model.config.system_prompt = ""
+    save_pointllm(model, tokenizer, tmp_path / "ckpt")
+    llm = pointllm.load(tmp_path / "ckpt", device="cpu")
+    assert llm.config.system_prompt == ""
+    history = [{"role": "user", "content": "What is this?"}]
+    prompt = llm.prompt_ids(history, with_points=True)
+    default = expected_prompt(llm, history)  # the template's own system text
+    assert "SmolLM" in llm.tokenizer.decode(default)
+    assert "SmolLM" not in llm.tokenizer.decode(prompt)
+    assert len(prompt) < len(default)
+    # A conversation that brings its own system message keeps it.
+    own = [{"role": "system", "content": "You are terse."}, *history]
+    assert "You are terse." in llm.tokenizer.decode(llm.prompt_ids(own, with_points=True))
+
+    sample_tokenizer = SampleTokenizer(
+        llm.tokenizer,
+        llm.config.template,
+        num_point_tokens=llm.config.num_point_tokens,
+        system_prompt=llm.config.system_prompt,
+    )
+    turns = [
+        {"from": "human", "value": "<point>\nWhat is this?"},
+        {"from": "gpt", "value": "A cup."},
+    ]
+    messages = insert_point_block(normalize_messages(turns), sample_tokenizer.block)
+    ids, labels = sample_tokenizer.expand(sample_tokenizer(messages, has_points=True))
+    assert ids.tolist()[: len(prompt)] == prompt
+    assert (labels[: len(prompt)] == IGNORE_INDEX).all()
+    assert llm.tokenizer.decode(labels[labels != IGNORE_INDEX]) == "A cup.<|im_end|>"

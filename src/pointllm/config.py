@@ -106,6 +106,8 @@ class PointLLMConfig(PreTrainedConfig):
     point_end_token_id: int | None = None
     # "chat_template": the backbone tokenizer's own template; "vicuna_v1_1": the original's.
     template: str = "chat_template"
+    # The system message of conversations that bring none; None: the template's own default.
+    system_prompt: str | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

@@ -118,6 +118,16 @@ def user_content_with_points(question: str, block: str | None) -> str:
     return question if block is None else f"{block}\n{question}"
 
 
+def with_system_prompt(
+    messages: list[dict[str, str]], system_prompt: str | None
+) -> list[dict[str, str]]:
+    """`messages` led by a system message: their own if they have one, else `system_prompt`
+    (None: unchanged, so the template applies its default)."""
+    if system_prompt is None or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 # ---- rendering -------------------------------------------------------------------------------
 
 
@@ -127,8 +137,13 @@ def render_segments(
     template: str,
     *,
     add_generation_prompt: bool = False,
+    system_prompt: str | None = None,
 ) -> list[tuple[str, bool]]:
-    """Text segments of the conversation, each with a flag: True for supervised (assistant) text."""
+    """Text segments of the conversation, each with a flag: True for supervised (assistant) text.
+
+    system_prompt: the system message of a conversation that has none (None: the template's own
+    default, e.g. SmolLM2's "You are a helpful AI assistant named SmolLM, ...")."""
+    messages = with_system_prompt(messages, system_prompt)
     if template == "vicuna_v1_1":
         return _render_vicuna(messages, tokenizer, add_generation_prompt)
     if template == "chat_template":
@@ -216,6 +231,7 @@ def tokenize_conversation(
     add_generation_prompt: bool = False,
     max_length: int | None = None,
     protected_prefix_text: str | None = None,
+    system_prompt: str | None = None,
 ) -> TokenizedConversation:
     """Token ids and labels (IGNORE_INDEX on prompt tokens) of an already point-expanded
     conversation.
@@ -225,7 +241,11 @@ def tokenize_conversation(
     supervised would remain in a training sample, raise ConversationError.
     """
     segments = render_segments(
-        messages, tokenizer, template, add_generation_prompt=add_generation_prompt
+        messages,
+        tokenizer,
+        template,
+        add_generation_prompt=add_generation_prompt,
+        system_prompt=system_prompt,
     )
     if template == "vicuna_v1_1":
         # The original format is tokenized as whole strings, exactly as the original code does,

@@ -183,6 +183,7 @@ class SampleTokenizer:
         num_point_tokens: int,
         use_start_end: bool = True,
         max_length: int = 2048,
+        system_prompt: str | None = None,
     ) -> None:
         if num_point_tokens < 1:
             raise ValueError(f"num_point_tokens must be >= 1, got {num_point_tokens}")
@@ -200,6 +201,7 @@ class SampleTokenizer:
             )
         self.tokenizer = tokenizer
         self.template = template
+        self.system_prompt = system_prompt
         self.num_point_tokens = num_point_tokens
         self.max_length = max_length
         self.block = point_block(1, use_start_end)
@@ -216,6 +218,7 @@ class SampleTokenizer:
                 self.template,
                 max_length=self.max_length - extra,
                 protected_prefix_text=self.block if has_points else None,
+                system_prompt=self.system_prompt,
             )
         except ConversationTooLong as exc:
             # The stand-in block is `extra` tokens shorter than the real one; the limit above is
@@ -256,7 +259,9 @@ class SampleTokenizer:
             # The template's own text for these roles: render them around one-byte contents.
             # One more token per tokenizer call (a SentencePiece prefix space) and one for BOS.
             probe = [{"role": role, "content": "x"} for role in roles]
-            segments = render_segments(probe, self.tokenizer, self.template)
+            segments = render_segments(
+                probe, self.tokenizer, self.template, system_prompt=self.system_prompt
+            )
             text_bytes = sum(len(text.encode()) for text, _ in segments)
             self._overhead[roles] = text_bytes - len(roles) + len(segments) + 1
         content_bytes = sum(len(m["content"].encode()) for m in messages)
@@ -282,7 +287,8 @@ class PointLLMDataset(torch.utils.data.Dataset):
 
     `conversation_types` keeps only those types (None: all). Samples longer than
     `model_max_length` are cut after the point block (counted as truncated) or, when no reply
-    would remain, dropped as too_long.
+    would remain, dropped as too_long. `system_prompt` leads every conversation that has no system
+    message (None: the template's own default).
     """
 
     def __init__(
@@ -298,6 +304,7 @@ class PointLLMDataset(torch.utils.data.Dataset):
         num_points: int = 8192,
         conversation_types: Sequence[str] | None = None,
         model_max_length: int = 2048,
+        system_prompt: str | None = None,
     ) -> None:
         start = time.perf_counter()
         self.anno_path = str(anno_path)
@@ -313,6 +320,7 @@ class PointLLMDataset(torch.utils.data.Dataset):
             num_point_tokens=num_point_tokens,
             use_start_end=use_start_end,
             max_length=model_max_length,
+            system_prompt=system_prompt,
         )
         self.stats: Counter = Counter()
         self.first_problem: dict[str, str] = {}  # reason -> first message, for the log
@@ -349,6 +357,7 @@ class PointLLMDataset(torch.utils.data.Dataset):
             use_start_end=config.mm_use_point_start_end,
             use_color=config.use_color,
             num_points=config.num_points,
+            system_prompt=config.system_prompt,
             **kw,
         )
 

@@ -14,7 +14,10 @@ def _handle(args: argparse.Namespace) -> int:
     if precision not in PRECISIONS:
         print(f"pointllm demo: ${PRECISION_ENV}={precision!r}: use one of {', '.join(PRECISIONS)}")
         return 2
-    run_demo(args.out, quick=args.quick, fresh=args.fresh, precision=precision)
+    if args.seed < 0:
+        print(f"pointllm demo: --seed {args.seed}: use a seed >= 0")
+        return 2
+    run_demo(args.out, quick=args.quick, fresh=args.fresh, precision=precision, seed=args.seed)
     return 0
 
 
@@ -29,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--fresh", action="store_true", help="run every phase again")
     parser.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic data and of every training phase (default 0); changing it "
+        "reruns everything",
+    )
     parser.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),

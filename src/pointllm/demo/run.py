@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -454,15 +454,17 @@ def run_demo(
     progress: bool = True,
     precision: str | None = None,
     plan: DemoPlan | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every phase, print a summary table and write `summary.json`; returns it.
 
     precision: auto | fp32 | bf16 for the training phases (None: $POINTLLM_DEMO_PRECISION, else
     auto; see `choose_precision`). plan: the phase sizes (default FULL, or QUICK with `quick`).
+    seed: the data and training seed (None: the plan's).
 
     summary.json: accuracy (held-out generative classification, 0-1, greedy answers to "What is
     this?" scored by the matcher), num_categories, num_eval_objects, caption_metrics (the
-    `eval metrics --json` object), precision and precision_reason, phases (name -> seconds),
+    `eval metrics --json` object), seed, precision and precision_reason, phases (name -> seconds),
     phase_cpu_seconds (name -> user + system CPU seconds), total_seconds, model_dir.
     """
     import shutil
@@ -470,6 +472,10 @@ def run_demo(
     from pointllm.atomic import write_json
 
     plan = plan or (QUICK if quick else FULL)
+    if seed is not None:
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        plan = replace(plan, seed=seed)
     chosen = choose_precision(precision or os.environ.get(PRECISION_ENV) or "auto")
     ctx = Context(Path(out_dir), plan, progress, chosen)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -511,6 +517,7 @@ def run_demo(
         "num_categories": evaluation["num_categories"],
         "num_eval_objects": evaluation["num_eval_objects"],
         "caption_metrics": evaluation["caption_metrics"],
+        "seed": plan.seed,
         "precision": chosen.mode,
         "precision_reason": chosen.reason,
         "phases": {name: round(records[name]["seconds"], 2) for name in PHASES},

@@ -237,7 +237,11 @@ class PointLLM:
             content = user_content_with_points(messages[first]["content"], self._point_block)
             messages[first] = {"role": "user", "content": content}
         return tokenize_conversation(
-            messages, self.tokenizer, self.config.template, add_generation_prompt=True
+            messages,
+            self.tokenizer,
+            self.config.template,
+            add_generation_prompt=True,
+            system_prompt=self.config.system_prompt,
         ).input_ids
 
     def count_tokens(self, text: str) -> int:

@@ -75,6 +75,13 @@ class ModelArguments:
             "help": f"prompt format {TEMPLATES} (default: the checkpoint's, or chat_template)"
         },
     )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "system message of every conversation that has none, kept in the checkpoint "
+            "for inference; '' for an empty one (default: the checkpoint's, or the template's)"
+        },
+    )
     dtype: str = field(
         default="float32",
         metadata={

@@ -97,6 +97,8 @@ def build_model(
         )
     if data_args.num_points is not None:
         model.config.num_points = data_args.num_points
+    if model_args.system_prompt is not None:
+        model.config.system_prompt = model_args.system_prompt
     # No KV cache while training (it is useless there and conflicts with checkpointing).
     model.language_model.config.use_cache = False
     return model.train(), tokenizer
