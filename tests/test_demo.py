@@ -200,6 +200,7 @@ def quick_run(tmp_path_factory):
     return out, status, time.perf_counter() - started, printed.getvalue()
 
 
+@pytest.mark.slow  # a few minutes of real training: `.ci/run` runs it after `make test`
 def test_quick_demo_runs_every_phase_and_beats_chance(quick_run):
     out, status, _, printed = quick_run
     assert status == 0
@@ -241,6 +242,7 @@ def test_quick_demo_runs_every_phase_and_beats_chance(quick_run):
     assert summary["accuracy"] > 2 / summary["num_categories"], summary
 
 
+@pytest.mark.slow
 def test_quick_demo_rerun_reuses_every_phase(quick_run, capsys):
     out, _, first_seconds, _ = quick_run
     before = json.loads((out / "summary.json").read_text())
