@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pointllm.train.args import (
     RECIPES_DIR,
@@ -30,15 +31,19 @@ import check_lock  # noqa: E402
 import check_torch  # noqa: E402
 import freeze_lock  # noqa: E402
 
-# What an installed pointllm must do from an empty directory: recipes resolve by name, and the
-# JSON a recipe names resolves next to it.
-RECIPE_PROBE = """
+# What an installed pointllm must do from an empty directory: recipes resolve by name (the step
+# count it reads must be the source tree's), and the JSON a recipe names resolves next to it.
+DEMO_STAGE1_STEPS = yaml.safe_load((REPO / "src/pointllm/recipes/demo_stage1.yaml").read_text())[
+    "max_steps"
+]
+RECIPE_PROBE = f"""
 import pathlib, sys, pointllm
 from pointllm.train.args import config_to_argv, parse_args, recipe_path
 here = pathlib.Path(pointllm.__file__).resolve().parent
-assert str(here).startswith(sys.argv[1]), f"pointllm imported from {here}"
+assert str(here).startswith(sys.argv[1]), f"pointllm imported from {{here}}"
 model, data, training = parse_args(["--config", "demo_stage1", "--use_cpu", "true"])
-assert (model.model_name_or_path, training.max_steps) == ("smollm2-135m", 100), (model, training)
+expected = ("smollm2-135m", {DEMO_STAGE1_STEPS})
+assert (model.model_name_or_path, training.max_steps) == expected, (model, training)
 argv = config_to_argv("configs/stage2.yaml")
 fsdp = pathlib.Path(argv[argv.index("--fsdp_config") + 1])
 assert fsdp == here / "recipes" / "fsdp_full_shard.json" and fsdp.is_file(), fsdp
