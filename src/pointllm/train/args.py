@@ -20,6 +20,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from pointllm.config import POINT_BERT_PRESETS, POINT_BERT_SIZE_FIELDS, TEMPLATES
+from pointllm.train.projector_fit import PROJECTOR_INITS
 
 STAGE_CONVERSATION_TYPES = {
     1: ["simple_description"],
@@ -65,6 +66,14 @@ class ModelArguments:
     encoder_dims: int | None = field(default=None, metadata={"help": "encoder size override"})
     projector_hidden_dims: list[int] | None = field(
         default=None, metadata={"help": "projector MLP hidden sizes (default: the preset's)"}
+    )
+    projector_init: str = field(
+        default="random",
+        metadata={
+            "help": "stage-1 projector start: random, or caption_fit (its last layer solved so "
+            "point tokens land on the embeddings of their captions' words; see "
+            "pointllm.train.projector_fit)"
+        },
     )
     mm_use_point_start_end: bool = field(
         default=True, metadata={"help": "wrap the point tokens in <point_start>/<point_end>"}
@@ -121,6 +130,14 @@ class ModelArguments:
             )
         if self.template is not None and self.template not in TEMPLATES:
             raise ArgumentError(f"--template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.projector_init not in PROJECTOR_INITS:
+            raise ArgumentError(
+                f"--projector_init must be one of {PROJECTOR_INITS}, got {self.projector_init!r}"
+            )
+        if self.projector_init != "random" and self.stage != 1:
+            raise ArgumentError(
+                f"--projector_init {self.projector_init} starts a new projector: stage 1 only"
+            )
         if self.dtype not in DTYPES:
             raise ArgumentError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.lora_r < 0:

@@ -27,6 +27,7 @@ from pointllm.train.checkpoints import (
     verify_checkpoint,
 )
 from pointllm.train.lora import apply_lora, merge_lora, quantization_kwargs
+from pointllm.train.projector_fit import fit_projector_to_captions
 from pointllm.train.stages import apply_plan, build_model, stage_plan
 from pointllm.train.trainer import GracefulStop, PointLLMTrainer, peak_memory_gb
 
@@ -88,6 +89,8 @@ def train(
             )
         configure_fsdp_wrapping(training_args, model)
         resume = resume_checkpoint(training_args)
+        if model_args.projector_init == "caption_fit" and resume is None:
+            fit_projector_to_captions(model, dataset)
         trainer = PointLLMTrainer(
             model=model,
             args=training_args,
