@@ -63,6 +63,13 @@ def test_fit_needs_samples_with_clouds_and_answers(tiny_model):
         fit_projector_to_captions(model, [{"labels": torch.tensor([3]), "point_clouds": None}])
 
 
+def test_fit_refuses_zero3_partitioned_weights(tiny_model):
+    model, _ = tiny_model
+    model.point_proj[-1].weight.ds_id = 7  # what DeepSpeed ZeRO-3 marks a partitioned tensor with
+    with pytest.raises(ValueError, match="ZeRO-3 partitioned"):
+        fit_projector_to_captions(model, _samples())
+
+
 def test_projector_init_is_checked():
     with pytest.raises(ArgumentError, match="--projector_init must be one of"):
         ModelArguments(projector_init="zeros")

@@ -57,6 +57,11 @@ def fit_projector_to_captions(
     last = projector[-1]
     if not isinstance(last, torch.nn.Linear):
         raise TypeError(f"the projector ends in {type(last).__name__}, not a Linear layer")
+    if getattr(last.weight, "ds_id", None) is not None:
+        raise ValueError(
+            "caption_fit cannot write DeepSpeed ZeRO-3 partitioned weights; use ZeRO-2, FSDP or "
+            "--projector_init random"
+        )
     embeddings = model.get_input_embeddings().weight.detach().float()  # (V, H)
 
     clouds, answers = [], []
