@@ -296,6 +296,36 @@ def test_stage2_continues_from_stage1_and_keeps_the_encoder(stage1_run, assets, 
     assert result.summary["stage"] == 2
 
 
+def test_caption_fit_starts_a_new_projector_and_keeps_a_trained_one(
+    stage1_run, assets, tmp_path, monkeypatch
+):
+    import pointllm.train.run as run_module
+
+    fitted = []  # the projector's last layer right after each fit
+
+    def fit_and_record(model, dataset):
+        fit = real_fit(model, dataset)
+        fitted.append({k: v.clone() for k, v in model.point_proj[-1].state_dict().items()})
+        return fit
+
+    real_fit = run_module.fit_projector_to_captions
+    monkeypatch.setattr(run_module, "fit_projector_to_captions", fit_and_record)
+    out = tmp_path / "fit"
+    # Learning rate 0: the saved projector is exactly where the fit put it.
+    run_train(train_argv(assets, out, "--projector_init", "caption_fit", "--learning_rate", "0"))
+    assert len(fitted) == 1
+    saved = state_of(out)
+    last = max(int(k.split(".")[1]) for k in saved if k.startswith("point_proj."))
+    for name, value in fitted[0].items():
+        assert torch.equal(saved[f"point_proj.{last}.{name}"], value), name
+
+    # Continuing stage 1 from a PointLLM checkpoint keeps its trained projector: no second fit.
+    again = stage2_argv(assets, stage1_run.output_dir, tmp_path / "again", steps=1)
+    again += ["--stage", "1", "--anno_path", str(assets.stage1), "--projector_init", "caption_fit"]
+    run_train(again)
+    assert len(fitted) == 1
+
+
 # ---- checkpoints and resume -----------------------------------------------------------------
 
 

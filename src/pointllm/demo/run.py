@@ -67,7 +67,7 @@ QUICK = DemoPlan(
     # in bf16 (48 objects), 120 steps of 4 gave 33 % in float32 and 15 % in bf16; 50 steps of 8
     # stayed at chance (all from a random projector). From the caption-fit start (the recipe's):
     # 100 of 8 gives 31 % float32 / 23 % bf16; 30-40 of 8 stay at chance; 100-120 of 4 at 6e-3
-    # save 50-60 s but give 12.5-15 % in bf16, too close to the 2x-chance bar.
+    # save 50-65 s but give 12.5-15 % in bf16, too close to the 2x-chance bar.
     stage1_steps=100,
     stage1_learning_rate=None,
     stage2_steps=5,

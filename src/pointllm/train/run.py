@@ -28,7 +28,7 @@ from pointllm.train.checkpoints import (
 )
 from pointllm.train.lora import apply_lora, merge_lora, quantization_kwargs
 from pointllm.train.projector_fit import fit_projector_to_captions
-from pointllm.train.stages import apply_plan, build_model, stage_plan
+from pointllm.train.stages import apply_plan, build_model, keeps_trained_projector, stage_plan
 from pointllm.train.trainer import GracefulStop, PointLLMTrainer, peak_memory_gb
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,13 @@ def train(
         configure_fsdp_wrapping(training_args, model)
         resume = resume_checkpoint(training_args)
         if model_args.projector_init == "caption_fit" and resume is None:
-            fit_projector_to_captions(model, dataset)
+            if keeps_trained_projector(model_args):
+                logger.warning(
+                    "--projector_init caption_fit: %s brings a trained projector; it is kept",
+                    model_args.model_name_or_path,
+                )
+            else:
+                fit_projector_to_captions(model, dataset)
         trainer = PointLLMTrainer(
             model=model,
             args=training_args,

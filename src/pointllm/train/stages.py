@@ -65,6 +65,15 @@ def is_pointllm_checkpoint(path: str | Path) -> bool:
     return checkpoint.config_kind(path) in (Kind.POINTLLM, Kind.ORIGINAL)
 
 
+def keeps_trained_projector(model_args: ModelArguments) -> bool:
+    """Whether the run starts from a PointLLM checkpoint whose projector has been trained (ours or
+    an original one), not from an LLM or an original init folder, whose projector is new."""
+    from pointllm.model.backbones import resolve_backbone
+
+    kind = checkpoint.detect(resolve_backbone(model_args.model_name_or_path))
+    return kind in (Kind.POINTLLM, Kind.ORIGINAL)
+
+
 def build_model(
     model_args: ModelArguments, data_args: DataArguments, llm_kwargs: dict | None = None
 ) -> tuple[PointLLMForCausalLM, object]:
