@@ -68,6 +68,8 @@ QUICK = DemoPlan(
     # stayed at chance (all from a random projector). From the caption-fit start (the recipe's):
     # 100 of 8 gives 31 % float32 / 23 % bf16; 30-40 of 8 stay at chance; 100-120 of 4 at 6e-3
     # save 50-65 s but give 12.5-15 % in bf16, too close to the 2x-chance bar.
+    # 2400 objects with 60 of 8 gave 20.8-41.7 % over 3 seeds (no better, 15-20 s dearer in data
+    # and stage 0); 40 of 8 then 15 stage-2 steps gave 4-10 %.
     stage1_steps=100,
     stage1_learning_rate=None,
     stage2_steps=5,
